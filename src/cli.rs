@@ -1,0 +1,307 @@
+//! The command line: the clap tree and one dispatch `match`. No logic lives here.
+//!
+//! Doc comments on these items are the user documentation (`--help` and man pages).
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::store::StoreConfig;
+
+/// syscont installs system containers: OCI images stored in OSTree, run by runc under systemd.
+#[derive(Debug, Parser)]
+#[command(
+    name = "syscont",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Opt {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options that apply to every command.
+#[derive(Debug, Args)]
+struct GlobalOpts {
+    /// The OSTree repository that holds images. By default it is /ostree/repo when that
+    /// exists on the same filesystem as the checkout path, else CHECKOUT/.storage/ostree.
+    #[arg(long, global = true, env = "SYSCONT_OSTREE_REPO", value_name = "PATH")]
+    repo: Option<PathBuf>,
+    /// The directory that holds container deployments (NAME, NAME.0, NAME.1).
+    #[arg(
+        long,
+        global = true,
+        env = "SYSCONT_CHECKOUT_PATH",
+        value_name = "PATH",
+        default_value = "/var/lib/containers/atomic"
+    )]
+    checkout_path: PathBuf,
+    /// Print less: no progress, only results and errors (for lists: only IDs or names).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print more about what happens; repeat for debugging output.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pull an image into the local OSTree store.
+    ///
+    /// Layers already in the store are not fetched again. Bare names are resolved through
+    /// registries.conf (unqualified-search-registries and aliases).
+    Pull(PullOpts),
+    /// Inspect and manage the images in the local store.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// Build an OCI image from a directory, reproducibly, without a container engine.
+    Build(BuildOpts),
+}
+
+/// Options for fetching images.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct FetchOpts {
+    /// Verify TLS certificates of the registry (false: also allow plain HTTP).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: Option<bool>,
+    /// Registry credentials in containers-auth.json(5) format.
+    #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+    pub authfile: Option<PathBuf>,
+    /// The architecture to choose from a multi-architecture image (default: this host's).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Give up on a registry that sends nothing for this many seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        env = "SYSCONT_PULL_TIMEOUT"
+    )]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct PullOpts {
+    #[command(flatten)]
+    fetch: FetchOpts,
+    /// The image: docker://REG/REPO[:TAG|@DIGEST], oci:DIR[:TAG], oci-archive:FILE[:TAG],
+    /// docker-archive:FILE, dir:DIR, or a bare name such as flannel or quay.io/x/etcd:3.4.
+    image: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// List the images in the store.
+    List(ImagesListOpts),
+    /// Show an image's labels and its template variables.
+    Info {
+        /// The image name or ID prefix.
+        image: String,
+    },
+    /// Show an image's manifest, configuration and layers.
+    Inspect {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The image name or ID prefix.
+        image: String,
+    },
+    /// Delete images from the store (their files go with the next prune).
+    Delete {
+        /// Delete even when an installed container uses the image.
+        #[arg(short, long)]
+        force: bool,
+        /// Image names or ID prefixes. An ID prefix deletes every tag with that ID.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove layers and objects that no image uses, and leftovers of interrupted work.
+    Prune,
+    /// Give an image another name.
+    Tag {
+        /// The existing image.
+        src: String,
+        /// The new name.
+        dst: String,
+    },
+    /// Recompute the checksum of every object of every layer and report corruption.
+    Verify {
+        /// The image name or ID prefix.
+        image: String,
+    },
+    /// Check out the union of an image's layers into a new directory, by hardlinks.
+    Checkout {
+        /// The image name or ID prefix.
+        image: String,
+        /// The directory to create (it must not exist).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImagesListOpts {
+    /// Also list layer and config blobs.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not truncate IDs and names.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Show only images matching KEY=VALUE (repo, tag, id, created, size, type).
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct BuildOpts {
+    /// The directory that becomes the image's root filesystem.
+    #[arg(long, value_name = "DIR")]
+    rootfs: PathBuf,
+    /// A base image whose layers come first.
+    #[arg(long, value_name = "IMAGE")]
+    from: Option<String>,
+    /// A directory that becomes /exports: config.json.template, service.template,
+    /// tmpfiles.template, manifest.json and hostfs/.
+    #[arg(long, value_name = "DIR")]
+    exports: Option<PathBuf>,
+    /// The entrypoint, as a JSON array or a single command.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// The command, as a JSON array or a single command.
+    #[arg(long)]
+    cmd: Option<String>,
+    /// An environment variable KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A label KEY=VALUE (repeatable), e.g. atomic.type=system.
+    #[arg(long, value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    /// The working directory of the process.
+    #[arg(long)]
+    workdir: Option<String>,
+    /// A port to expose, PORT[/PROTO] (repeatable).
+    #[arg(long)]
+    expose: Vec<String>,
+    /// A volume path (repeatable).
+    #[arg(long)]
+    volume: Vec<String>,
+    /// The image name, NAME[:TAG].
+    #[arg(long)]
+    tag: String,
+    /// Write the image to an OCI layout: oci:DIR[:TAG].
+    #[arg(long, value_name = "oci:DIR[:TAG]", required_unless_present = "push")]
+    output: Option<String>,
+    /// Push the image with skopeo: docker://REG/REPO:TAG.
+    #[arg(long, value_name = "docker://…")]
+    push: Option<String>,
+    /// Verify TLS when pushing (false: also allow plain HTTP).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// Registry credentials for the push.
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+}
+
+/// Sets up logging: warnings by default, `-v`/`RUST_LOG` for more.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn split_command(s: Option<String>) -> Option<Vec<String>> {
+    s.map(|s| match serde_json::from_str::<Vec<String>>(&s) {
+        Ok(v) => v,
+        Err(_) => vec![s],
+    })
+}
+
+/// Parses the arguments and runs the command.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
+    let opt = Opt::parse_from(args);
+    let g = &opt.global;
+    if g.verbose > 0 && std::env::var_os("RUST_LOG").is_none() {
+        crate::output::set_verbose(g.verbose);
+    }
+    crate::output::set_quiet(g.quiet);
+    let store = StoreConfig {
+        repo: g.repo.clone(),
+        checkout_path: g.checkout_path.clone(),
+    };
+    match opt.command {
+        Command::Pull(p) => crate::pull::pull_cmd(&store, &p.fetch, &p.image),
+        Command::Images(c) => match c {
+            ImagesCommand::List(o) => crate::store::images_list(&store, &o),
+            ImagesCommand::Info { image } => crate::store::images_info(&store, &image),
+            ImagesCommand::Inspect { json, image } => {
+                crate::store::images_inspect(&store, &image, json)
+            }
+            ImagesCommand::Delete { force, images } => {
+                crate::store::images_delete(&store, &images, force)
+            }
+            ImagesCommand::Prune => crate::store::images_prune(&store),
+            ImagesCommand::Tag { src, dst } => crate::store::images_tag(&store, &src, &dst),
+            ImagesCommand::Verify { image } => crate::store::images_verify(&store, &image),
+            ImagesCommand::Checkout { image, dir } => {
+                crate::store::images_checkout(&store, &image, &dir)
+            }
+        },
+        Command::Build(b) => {
+            let opts = crate::imagebuild::BuildOptions {
+                rootfs: b.rootfs,
+                from: b.from,
+                exports: b.exports,
+                entrypoint: split_command(b.entrypoint),
+                cmd: split_command(b.cmd),
+                env: b.env,
+                labels: b.label,
+                workdir: b.workdir,
+                expose: b.expose,
+                volumes: b.volume,
+                tag: b.tag,
+                output: b.output,
+                push: b.push,
+                tls_verify: b.tls_verify,
+                authfile: b.authfile,
+            };
+            let r = crate::imagebuild::build(&opts)?;
+            println!("{}", r.manifest_digest);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Opt::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_pull() {
+        let o =
+            Opt::try_parse_from(["syscont", "pull", "--tls-verify=false", "docker://x/y"]).unwrap();
+        match o.command {
+            Command::Pull(p) => {
+                assert_eq!(p.fetch.tls_verify, Some(false));
+                assert_eq!(p.image, "docker://x/y");
+            }
+            _ => panic!("wrong command"),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! syscont: system containers from OCI images, stored in OSTree and run by systemd.
+//!
+//! The binary is a thin shell around [`cli::run`]; every concern has its own module.
+
+pub mod cli;
+pub mod error;
+
+pub(crate) mod cmdutil;
+pub(crate) mod fsutil;
+pub(crate) mod imagebuild;
+pub(crate) mod output;
+pub(crate) mod proxy;
+pub(crate) mod pull;
+pub(crate) mod reference;
+pub(crate) mod registries;
+pub(crate) mod store;
+pub(crate) mod tarimport;

@@ -1,0 +1,116 @@
+//! Human and machine output: quiet/verbose switches, tables, progress lines.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+static VERBOSE: AtomicU8 = AtomicU8::new(0);
+
+/// Sets `-q`.
+pub(crate) fn set_quiet(q: bool) {
+    QUIET.store(q, Ordering::Relaxed);
+}
+
+/// Whether `-q` was given.
+pub(crate) fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Sets the `-v` count and raises the log level to match.
+pub(crate) fn set_verbose(v: u8) {
+    VERBOSE.store(v, Ordering::Relaxed);
+}
+
+/// The `-v` count.
+#[allow(dead_code)]
+pub(crate) fn verbose() -> u8 {
+    VERBOSE.load(Ordering::Relaxed)
+}
+
+/// Whether stdout is a terminal (tables and progress bars only then).
+pub(crate) fn stdout_is_tty() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+/// Whether stderr is a terminal (progress bars go there).
+pub(crate) fn stderr_is_tty() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Prints a progress or status line unless `-q`.
+pub(crate) fn status(msg: impl AsRef<str>) {
+    if !quiet() {
+        println!("{}", msg.as_ref());
+    }
+}
+
+/// Renders rows as aligned columns under `headers`.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                let pad = widths[i] - c.chars().count() + 3;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(|s| s.as_str()).collect());
+    }
+    out
+}
+
+/// Shortens `s` to `n` characters when `trunc` is set.
+pub(crate) fn trunc(s: &str, n: usize, trunc: bool) -> String {
+    if trunc && s.chars().count() > n {
+        s.chars().take(n).collect()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Formats a byte count like `48.6 MB`.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A     BB\nxyz   1\n");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(48_550_000), "48.5 MB");
+    }
+}

@@ -1,0 +1,1 @@
+//! Streaming import of a layer tar into OSTree objects, with path validation.
