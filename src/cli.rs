@@ -242,20 +242,16 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
     match opt.command {
         Command::Pull(p) => crate::pull::pull_cmd(&store, &p.fetch, &p.image),
         Command::Images(c) => match c {
-            ImagesCommand::List(o) => crate::store::images_list(&store, &o),
-            ImagesCommand::Info { image } => crate::store::images_info(&store, &image),
-            ImagesCommand::Inspect { json, image } => {
-                crate::store::images_inspect(&store, &image, json)
-            }
+            ImagesCommand::List(o) => crate::images::list(&store, &o),
+            ImagesCommand::Info { image } => crate::images::info(&store, &image),
+            ImagesCommand::Inspect { json, image } => crate::images::inspect(&store, &image, json),
             ImagesCommand::Delete { force, images } => {
-                crate::store::images_delete(&store, &images, force)
+                crate::images::delete(&store, &images, force)
             }
-            ImagesCommand::Prune => crate::store::images_prune(&store),
-            ImagesCommand::Tag { src, dst } => crate::store::images_tag(&store, &src, &dst),
-            ImagesCommand::Verify { image } => crate::store::images_verify(&store, &image),
-            ImagesCommand::Checkout { image, dir } => {
-                crate::store::images_checkout(&store, &image, &dir)
-            }
+            ImagesCommand::Prune => crate::images::prune(&store),
+            ImagesCommand::Tag { src, dst } => crate::images::tag(&store, &src, &dst),
+            ImagesCommand::Verify { image } => crate::images::verify(&store, &image),
+            ImagesCommand::Checkout { image, dir } => crate::images::checkout(&store, &image, &dir),
         },
         Command::Build(b) => {
             let opts = crate::imagebuild::BuildOptions {

@@ -5,9 +5,11 @@
 pub mod cli;
 pub mod error;
 
+pub(crate) mod checkout;
 pub(crate) mod cmdutil;
 pub(crate) mod fsutil;
 pub(crate) mod imagebuild;
+pub(crate) mod images;
 pub(crate) mod output;
 pub(crate) mod proxy;
 pub(crate) mod pull;

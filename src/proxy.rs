@@ -97,3 +97,10 @@ impl ImageProxy {
         Ok(())
     }
 }
+
+/// The skopeo binary: `$SYSCONT_SKOPEO` or `skopeo` from `PATH`.
+pub(crate) fn skopeo_path() -> PathBuf {
+    std::env::var_os("SYSCONT_SKOPEO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("skopeo"))
+}

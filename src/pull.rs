@@ -1,10 +1,672 @@
-//! `syscont pull`: resolve, fetch through the skopeo proxy, import into OSTree.
+//! `syscont pull`: resolve a name, stream the layers from skopeo's image proxy through
+//! decompression into OSTree, and record the image once everything is there.
+//!
+//! Nothing is spooled to disk: each blob goes pipe → hash → decompress → hash → tar
+//! parser → OSTree objects. Layers are fetched in parallel (one proxy per worker). A layer
+//! becomes visible (its `ociimage/<hex>` ref) only when it is complete and verified, and the
+//! image ref only when all its layers are, so an interrupted pull leaves no partial image
+//! and the next pull reuses the finished layers.
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use ostree::glib::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::cli::FetchOpts;
-use crate::store::StoreConfig;
+use crate::output::{self, human_size};
+use crate::proxy::{ImageProxy, OpenedImage, ProxyConfig};
+use crate::reference::{self, ImageReference, Transport};
+use crate::registries::RegistriesConf;
+use crate::store::{
+    self, metadata_variant, Compression, Descriptor, Manifest, Store, StoreConfig, REF_PREFIX,
+};
+use crate::tarimport::{self, gerr, DeviceNode, ImportStats};
 
-pub(crate) fn pull_cmd(_c: &StoreConfig, _f: &FetchOpts, _image: &str) -> Result<()> {
-    anyhow::bail!("not implemented")
+/// `syscont pull IMAGE`.
+pub(crate) fn pull_cmd(cfg: &StoreConfig, fetch: &FetchOpts, image: &str) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let _lock = store.lock()?;
+    let r = pull(&store, fetch, image)?;
+    if output::quiet() {
+        println!("{}", r.digest);
+    }
+    Ok(())
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub(crate) struct PullResult {
+    /// The store name of the image.
+    pub name: String,
+    /// The manifest digest.
+    pub digest: String,
+}
+
+/// A source to try, in skopeo syntax, with its TLS setting.
+#[derive(Debug, Clone)]
+struct Source {
+    skopeo_ref: String,
+    tls_verify: Option<bool>,
+}
+
+fn sources(r: &ImageReference, fetch: &FetchOpts) -> Result<Vec<Source>> {
+    let tls = |insecure: bool| {
+        if insecure {
+            Some(false)
+        } else {
+            fetch.tls_verify
+        }
+    };
+    Ok(match r.transport {
+        Transport::Bare => {
+            let conf = RegistriesConf::load()?;
+            conf.resolve(&r.rest)?
+                .into_iter()
+                .map(|c| Source {
+                    skopeo_ref: format!("docker://{}", c.reference),
+                    tls_verify: tls(c.insecure),
+                })
+                .collect()
+        }
+        Transport::Docker => {
+            let conf = RegistriesConf::load()?;
+            vec![Source {
+                skopeo_ref: r.to_skopeo(),
+                tls_verify: tls(conf.is_insecure(&r.rest)),
+            }]
+        }
+        _ => vec![Source {
+            skopeo_ref: r.to_skopeo(),
+            tls_verify: None,
+        }],
+    })
+}
+
+/// The name a `docker-archive:` file records for its image (`RepoTags[0]`), if any.
+fn docker_archive_name(path: &str) -> Option<String> {
+    let path = path.split(':').next()?;
+    let f = std::fs::File::open(path).ok()?;
+    let mut ar = tar::Archive::new(f);
+    for e in ar.entries().ok()? {
+        let mut e = e.ok()?;
+        if e.path().ok()?.to_str()? == "manifest.json" {
+            let mut s = String::new();
+            e.read_to_string(&mut s).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+            let tag = v.get(0)?.get("RepoTags")?.get(0)?.as_str()?.to_string();
+            return ImageReference::parse(&tag).ok()?.store_name().ok();
+        }
+    }
+    None
+}
+
+fn store_name(r: &ImageReference) -> Result<String> {
+    if r.transport == Transport::DockerArchive {
+        if let Some(n) = docker_archive_name(&r.rest) {
+            return Ok(n);
+        }
+    }
+    r.store_name()
+}
+
+fn proxy_config(fetch: &FetchOpts, src: &Source) -> ProxyConfig {
+    ProxyConfig {
+        skopeo: crate::proxy::skopeo_path(),
+        authfile: fetch.authfile.clone(),
+        tls_verify: src.tls_verify,
+        arch: fetch.arch.clone(),
+        registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(Into::into),
+        timeout: Duration::from_secs(fetch.timeout.max(1)),
+    }
+}
+
+/// Opens the first source that works; the error lists every source tried.
+fn open_first(fetch: &FetchOpts, sources: &[Source]) -> Result<(ImageProxy, OpenedImage, Source)> {
+    let mut errors = Vec::new();
+    for src in sources {
+        let attempt = (|| {
+            let mut proxy = ImageProxy::new(&proxy_config(fetch, src))?;
+            let img = proxy.open_image(&src.skopeo_ref)?;
+            Ok::<_, anyhow::Error>((proxy, img))
+        })();
+        match attempt {
+            Ok((p, i)) => return Ok((p, i, src.clone())),
+            Err(e) => errors.push(format!("{}: {e:#}", src.skopeo_ref)),
+        }
+    }
+    if errors.len() == 1 {
+        bail!("{}", errors.remove(0));
+    }
+    bail!(
+        "no source could be opened; tried:\n  {}",
+        errors.join("\n  ")
+    )
+}
+
+/// A reader that hashes and counts what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            count: 0,
+        }
+    }
+    fn finish(self) -> (R, String, u64) {
+        (
+            self.inner,
+            format!("sha256:{}", hex::encode(self.hash.finalize())),
+            self.count,
+        )
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// One layer to fetch.
+#[derive(Debug, Clone)]
+struct LayerJob {
+    index: usize,
+    desc: Descriptor,
+    diff_id: String,
+}
+
+/// Fetches, verifies and commits one layer blob; returns the layer commit.
+fn import_layer(
+    proxy: &mut ImageProxy,
+    img: OpenedImage,
+    repo: &ostree::Repo,
+    job: &LayerJob,
+    allow_devices: bool,
+) -> Result<(String, ImportStats)> {
+    let desc = &job.desc;
+    let hex = desc.hex()?.to_string();
+    let compression = Compression::from_media_type(&desc.media_type)?;
+    let blob = proxy.get_blob(img, &desc.digest, desc.size)?;
+    let (tree, (blob, cdigest, csize, udigest, usize)) =
+        tarimport::import_tar_with(repo, move |sink| {
+            let mut counted = Hashing::new(blob);
+            let (udigest, usize) = {
+                let buffered = BufReader::with_capacity(256 * 1024, &mut counted);
+                let decompressed: Box<dyn Read + Send + '_> = match compression {
+                    Compression::None => Box::new(buffered),
+                    Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+                    Compression::Zstd => Box::new(
+                        zstd::stream::read::Decoder::with_buffer(buffered)
+                            .context("Starting zstd decompression")?,
+                    ),
+                };
+                let mut u = Hashing::new(decompressed);
+                tarimport::parse_layer(&mut u, allow_devices, sink)?;
+                io::copy(&mut u, &mut io::sink()).context("Reading the end of the layer")?;
+                let (_, d, n) = u.finish();
+                (d, n)
+            };
+            io::copy(&mut counted, &mut io::sink()).context("Reading the end of the blob")?;
+            let (blob, cdigest, csize) = counted.finish();
+            Ok((blob, cdigest, csize, udigest, usize))
+        })
+        .with_context(|| format!("Importing layer {}", desc.digest))?;
+    proxy
+        .finish_blob(blob)
+        .with_context(|| format!("Fetching layer {}", desc.digest))?;
+    if cdigest != desc.digest || csize != desc.size {
+        bail!(
+            "layer {} is corrupt: received {csize} bytes hashing to {cdigest}, the manifest \
+             says {} bytes",
+            desc.digest,
+            desc.size
+        );
+    }
+    if udigest != job.diff_id {
+        bail!(
+            "layer {} does not match the image config: its content hashes to {udigest}, the \
+             config says {}",
+            desc.digest,
+            job.diff_id
+        );
+    }
+    let mut meta = vec![
+        ("docker.size", desc.size.to_string()),
+        ("docker.uncompressed_size", usize.to_string()),
+        ("docker.uncompressed_digest", udigest),
+        ("syscont.media-type", desc.media_type.clone()),
+    ];
+    if !tree.devices.is_empty() {
+        meta.push(("syscont.devices", serde_json::to_string(&tree.devices)?));
+    }
+    let commit = repo
+        .write_commit_with_time(
+            None,
+            Some(&format!("layer {}", desc.digest)),
+            None,
+            Some(&metadata_variant(&meta)),
+            &tree.root,
+            0,
+            gio::Cancellable::NONE,
+        )
+        .map_err(gerr)
+        .context("Writing the layer commit")?
+        .to_string();
+    repo.transaction_set_ref(None, &format!("{REF_PREFIX}{hex}"), Some(&commit));
+    Ok((commit, tree.stats))
+}
+
+/// Runs `f` inside a transaction on `repo`; aborts it on error.
+pub(crate) fn in_transaction<T>(repo: &ostree::Repo, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .map_err(gerr)
+        .context("Starting an OSTree transaction")?;
+    match f() {
+        Ok(v) => {
+            repo.commit_transaction(gio::Cancellable::NONE)
+                .map_err(gerr)
+                .context("Committing the OSTree transaction")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = repo.abort_transaction(gio::Cancellable::NONE);
+            Err(e)
+        }
+    }
+}
+
+/// Finds an existing layer with the same uncompressed digest (a recompressed blob).
+fn layer_by_diff_id(store: &Store, diff_id: &str) -> Result<Option<String>> {
+    for (r, commit) in store.refs()? {
+        if !reference::is_blob_ref(&r) {
+            continue;
+        }
+        let (meta, _) = store.commit_meta(&commit)?;
+        if meta.get("docker.uncompressed_digest").map(String::as_str) == Some(diff_id) {
+            return Ok(Some(commit));
+        }
+    }
+    Ok(None)
+}
+
+/// Pulls `image` into the store. The caller holds the store lock.
+pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<PullResult> {
+    let r = ImageReference::parse(image)?;
+    let name = store_name(&r)?;
+    let sources = sources(&r, fetch)?;
+    let (mut proxy, img, src) = open_first(fetch, &sources)?;
+    let (digest, manifest_bytes) = proxy
+        .fetch_manifest(img)
+        .with_context(|| format!("Fetching the manifest of {}", src.skopeo_ref))?;
+    let manifest = Manifest::parse(&manifest_bytes)
+        .with_context(|| format!("Reading the manifest of {}", src.skopeo_ref))?;
+
+    // Which blobs are missing?
+    let config_hex = manifest.config.hex()?.to_string();
+    let mut missing = Vec::new();
+    for l in &manifest.layers {
+        if store.blob_commit(l.hex()?)?.is_none() {
+            missing.push(l.clone());
+        }
+    }
+    let config_present = store.blob_commit(&config_hex)?.is_some();
+    if let Some(existing) = store.image_by_name(&name)? {
+        if existing.digest == digest && missing.is_empty() && config_present {
+            output::status(format!("Image {name} is already up to date ({digest})."));
+            return Ok(PullResult { name, digest });
+        }
+    }
+
+    // The config: its blob as stored by the registry (digest-verified).
+    let config_bytes = {
+        let mut blob = proxy.get_blob(img, &manifest.config.digest, manifest.config.size)?;
+        let mut buf = Vec::new();
+        blob.read_to_end(&mut buf)
+            .with_context(|| format!("Reading config {}", manifest.config.digest))?;
+        proxy
+            .finish_blob(blob)
+            .with_context(|| format!("Fetching config {}", manifest.config.digest))?;
+        let got = format!("sha256:{}", hex::encode(Sha256::digest(&buf)));
+        if got != manifest.config.digest {
+            bail!(
+                "config {} is corrupt: it hashes to {got}",
+                manifest.config.digest
+            );
+        }
+        buf
+    };
+    let config: serde_json::Value =
+        serde_json::from_slice(&config_bytes).context("The image config is not valid JSON")?;
+    let diff_ids: Vec<String> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| anyhow!("the image config has no rootfs.diff_ids"))?;
+    if diff_ids.len() != manifest.layers.len() {
+        bail!(
+            "the image config lists {} layers but the manifest has {}",
+            diff_ids.len(),
+            manifest.layers.len()
+        );
+    }
+
+    // Reuse recompressed layers by their uncompressed digest.
+    let mut jobs = VecDeque::new();
+    for (i, l) in manifest.layers.iter().enumerate() {
+        if !missing.iter().any(|m| m.digest == l.digest) {
+            continue;
+        }
+        if let Some(other) = layer_by_diff_id(store, &diff_ids[i])? {
+            alias_layer(store, &other, l, &diff_ids[i])?;
+            output::status(format!(
+                "Layer {} is already stored under another compression.",
+                l.digest
+            ));
+            continue;
+        }
+        jobs.push_back(LayerJob {
+            index: i,
+            desc: l.clone(),
+            diff_id: diff_ids[i].clone(),
+        });
+    }
+    jobs.make_contiguous()
+        .sort_by_key(|j| std::cmp::Reverse(j.desc.size));
+    let needed: u64 = jobs.iter().map(|j| j.desc.size).sum();
+    output::status(format!(
+        "Pulling {name} from {}: {} layers present, {} needed ({}).",
+        src.skopeo_ref,
+        manifest.layers.len() - jobs.len(),
+        jobs.len(),
+        human_size(needed)
+    ));
+    fetch_layers(store, fetch, &src, proxy, img, jobs)?;
+
+    // Record the image: config blob, merged rootfs, image ref — in one transaction.
+    let repo = &store.repo;
+    in_transaction(repo, || {
+        if !config_present {
+            let c = commit_files(
+                repo,
+                &[("content", &config_bytes)],
+                None,
+                &format!("config {}", manifest.config.digest),
+                &[("docker.size", manifest.config.size.to_string())],
+            )?;
+            repo.transaction_set_ref(None, &format!("{REF_PREFIX}{config_hex}"), Some(&c));
+        }
+        let layer_commits = manifest
+            .layers
+            .iter()
+            .map(|l| {
+                let hex = l.hex()?;
+                store
+                    .repo
+                    .resolve_rev(&format!("{REF_PREFIX}{hex}"), false)
+                    .map_err(gerr)?
+                    .map(|c| c.to_string())
+                    .ok_or_else(|| anyhow!("layer {} is missing after the pull", l.digest))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let commit = write_image_commit(
+            store,
+            &layer_commits,
+            &manifest_bytes,
+            &digest,
+            &src.skopeo_ref,
+        )?;
+        repo.transaction_set_ref(None, &reference::encode_ostree_ref(&name), Some(&commit));
+        Ok(())
+    })?;
+    output::status(format!("Pulled {name} ({digest})."));
+    Ok(PullResult { name, digest })
+}
+
+/// Gives a recompressed blob its own ref, sharing the tree of an existing layer.
+fn alias_layer(store: &Store, other: &str, desc: &Descriptor, diff_id: &str) -> Result<()> {
+    let repo = &store.repo;
+    in_transaction(repo, || {
+        let (root, _) = repo
+            .read_commit(other, gio::Cancellable::NONE)
+            .map_err(gerr)?;
+        let root = root
+            .downcast::<ostree::RepoFile>()
+            .map_err(|_| anyhow!("commit root is not a repo file"))?;
+        let (meta, _) = store.commit_meta(other)?;
+        let mut pairs = vec![
+            ("docker.size", desc.size.to_string()),
+            (
+                "docker.uncompressed_size",
+                meta.get("docker.uncompressed_size")
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            ("docker.uncompressed_digest", diff_id.to_string()),
+            ("syscont.media-type", desc.media_type.clone()),
+        ];
+        if let Some(d) = meta.get("syscont.devices") {
+            pairs.push(("syscont.devices", d.clone()));
+        }
+        let commit = repo
+            .write_commit_with_time(
+                None,
+                Some(&format!("layer {}", desc.digest)),
+                None,
+                Some(&metadata_variant(&pairs)),
+                &root,
+                0,
+                gio::Cancellable::NONE,
+            )
+            .map_err(gerr)?;
+        repo.transaction_set_ref(None, &format!("{REF_PREFIX}{}", desc.hex()?), Some(&commit));
+        Ok(())
+    })
+}
+
+/// Fetches the jobs with up to one worker per core, each with its own proxy and repo handle.
+fn fetch_layers(
+    store: &Store,
+    fetch: &FetchOpts,
+    src: &Source,
+    first_proxy: ImageProxy,
+    first_img: OpenedImage,
+    jobs: VecDeque<LayerJob>,
+) -> Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+        .min(jobs.len());
+    let queue = Mutex::new(jobs);
+    let failed = AtomicBool::new(false);
+    let allow_devices = !store.user_mode;
+    let first = Mutex::new(Some((first_proxy, first_img)));
+    let repo_path = store.repo_path.clone();
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let taken = first.lock().expect("not poisoned").take();
+                    let (mut proxy, img) = match taken {
+                        Some(p) => p,
+                        None => {
+                            let mut p = ImageProxy::new(&proxy_config(fetch, src))?;
+                            let i = p.open_image(&src.skopeo_ref)?;
+                            (p, i)
+                        }
+                    };
+                    let repo = store::open_repo(&repo_path)?;
+                    loop {
+                        if failed.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let Some(job) = queue.lock().expect("not poisoned").pop_front() else {
+                            return Ok(());
+                        };
+                        let start = Instant::now();
+                        let res = in_transaction(&repo, || {
+                            import_layer(&mut proxy, img, &repo, &job, allow_devices)
+                        });
+                        match res {
+                            Ok((_, stats)) => output::status(format!(
+                                "Layer {} ({}, #{}) done in {:.2} s: {} entries, {} new objects, {} reused.",
+                                job.desc.digest,
+                                human_size(job.desc.size),
+                                job.index + 1,
+                                start.elapsed().as_secs_f64(),
+                                stats.entries,
+                                stats.objects_written,
+                                stats.objects_reused
+                            )),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a layer worker panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Commits a tree of regular files (mode 0644) plus an optional subtree `rootfs`.
+fn commit_files(
+    repo: &ostree::Repo,
+    files: &[(&str, &[u8])],
+    rootfs: Option<(&str, &str)>,
+    subject: &str,
+    meta: &[(&str, String)],
+) -> Result<String> {
+    let root = ostree::MutableTree::new();
+    let dirmeta = repo
+        .write_metadata(
+            ostree::ObjectType::DirMeta,
+            None,
+            &tarimport::dirmeta_variant(&tarimport::Meta::default_dir()),
+            gio::Cancellable::NONE,
+        )
+        .map_err(gerr)?
+        .to_hex();
+    root.set_metadata_checksum(&dirmeta);
+    for (name, data) in files {
+        let csum = repo
+            .write_regfile_inline(
+                None,
+                0,
+                0,
+                tarimport::S_IFREG | 0o644,
+                None,
+                data,
+                gio::Cancellable::NONE,
+            )
+            .map_err(gerr)?;
+        root.replace_file(name, &csum).map_err(gerr)?;
+    }
+    if let Some((contents, meta)) = rootfs {
+        let sub = root.ensure_dir("rootfs").map_err(gerr)?;
+        sub.fill_empty_from_dirtree(repo, contents, meta);
+        sub.set_metadata_checksum(meta);
+    }
+    let file = repo
+        .write_mtree(&root, gio::Cancellable::NONE)
+        .map_err(gerr)?;
+    let file = file
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow!("write_mtree did not return a repo file"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let commit = repo
+        .write_commit_with_time(
+            None,
+            Some(subject),
+            None,
+            Some(&metadata_variant(meta)),
+            &file,
+            now,
+            gio::Cancellable::NONE,
+        )
+        .map_err(gerr)?;
+    Ok(commit.to_string())
+}
+
+fn layer_devices(store: &Store, commits: &[String]) -> Result<Vec<Vec<DeviceNode>>> {
+    commits
+        .iter()
+        .map(|c| {
+            let (meta, _) = store.commit_meta(c)?;
+            Ok(match meta.get("syscont.devices") {
+                Some(j) => serde_json::from_str(j).context("Reading syscont.devices")?,
+                None => Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// Writes the image commit (`/manifest.json` + the merged `/rootfs`) in the current
+/// transaction and returns it.
+pub(crate) fn write_image_commit(
+    store: &Store,
+    layer_commits: &[String],
+    manifest_bytes: &[u8],
+    digest: &str,
+    source: &str,
+) -> Result<String> {
+    let repo = &store.repo;
+    let (contents, meta) = store::merge_layers(repo, layer_commits)?;
+    let manifest_str =
+        std::str::from_utf8(manifest_bytes).context("The manifest is not valid UTF-8")?;
+    let mut pairs = vec![
+        ("docker.manifest", manifest_str.to_string()),
+        ("docker.digest", digest.to_string()),
+        ("signatures", "0".to_string()),
+        ("syscont.source", source.to_string()),
+    ];
+    let devices = layer_devices(store, layer_commits)?;
+    if devices.iter().any(|d| !d.is_empty()) {
+        let root = ostree::MutableTree::from_checksum(repo, &contents, &meta);
+        let file = repo
+            .write_mtree(&root, gio::Cancellable::NONE)
+            .map_err(gerr)?
+            .downcast::<ostree::RepoFile>()
+            .map_err(|_| anyhow!("write_mtree did not return a repo file"))?;
+        let merged = store::merged_devices(repo, &file, &devices);
+        pairs.push(("syscont.devices", serde_json::to_string(&merged)?));
+    }
+    commit_files(
+        repo,
+        &[("manifest.json", manifest_bytes)],
+        Some((&contents, &meta)),
+        &format!("image {digest}"),
+        &pairs,
+    )
 }

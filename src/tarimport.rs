@@ -180,11 +180,14 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Ve
 pub(crate) fn parse_layer<R: Read>(
     reader: R,
     allow_devices: bool,
-    mut sink: impl FnMut(Item) -> Result<()>,
+    sink: &mut dyn FnMut(Item) -> Result<()>,
 ) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let mut seen_files: HashSet<Vec<String>> = HashSet::new();
-    for entry in archive.entries().context("Reading the layer as a tar archive")? {
+    for entry in archive
+        .entries()
+        .context("Reading the layer as a tar archive")?
+    {
         let mut entry = entry.context("Reading a tar entry")?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
@@ -277,9 +280,8 @@ pub(crate) fn parse_layer<R: Read>(
                     .ok_or_else(|| anyhow!("hardlink {shown:?} has no target"))?
                     .into_owned();
                 let tshown = String::from_utf8_lossy(&raw_target).into_owned();
-                let target = normalize_path(&raw_target).map_err(|why| {
-                    anyhow!("refusing hardlink {shown:?} to {tshown:?}: {why}")
-                })?;
+                let target = normalize_path(&raw_target)
+                    .map_err(|why| anyhow!("refusing hardlink {shown:?} to {tshown:?}: {why}"))?;
                 if !seen_files.contains(&target) {
                     bail!(
                         "refusing hardlink {shown:?} to {tshown:?}: the target is not a regular \
@@ -467,7 +469,12 @@ impl<'r> TreeWriter<'r> {
         let v = dirmeta_variant(meta);
         let csum = self
             .repo
-            .write_metadata(ostree::ObjectType::DirMeta, None, &v, gio::Cancellable::NONE)
+            .write_metadata(
+                ostree::ObjectType::DirMeta,
+                None,
+                &v,
+                gio::Cancellable::NONE,
+            )
             .map_err(gerr)
             .context("Writing directory metadata")?
             .to_hex();
@@ -688,20 +695,22 @@ impl<'r> TreeWriter<'r> {
     }
 }
 
-/// Imports a decompressed layer tar into the repository on this thread, using a second
-/// thread for parsing and decompression so hashing and writing overlap with it.
-pub(crate) fn import_tar<R: Read + Send>(
-    repo: &ostree::Repo,
-    reader: R,
-    allow_devices: bool,
-) -> Result<LayerTree> {
+/// Imports a layer with two threads: `produce` runs on a second thread and feeds items
+/// (normally by calling [`parse_layer`] on a decompressing reader), while this thread
+/// hashes and writes them. Returns the tree and whatever `produce` returned.
+pub(crate) fn import_tar_with<T, F>(repo: &ostree::Repo, produce: F) -> Result<(LayerTree, T)>
+where
+    T: Send,
+    F: FnOnce(&mut dyn FnMut(Item) -> Result<()>) -> Result<T> + Send,
+{
     let (tx, rx) = std::sync::mpsc::sync_channel::<Item>(256);
     std::thread::scope(|s| {
         let parser = s.spawn(move || {
-            parse_layer(reader, allow_devices, |item| {
+            let mut sink = |item| {
                 tx.send(item)
                     .map_err(|_| anyhow!("the layer writer stopped"))
-            })
+            };
+            produce(&mut sink)
         });
         let mut writer = TreeWriter::new(repo)?;
         let mut write_err = None;
@@ -712,15 +721,26 @@ pub(crate) fn import_tar<R: Read + Send>(
             }
         }
         drop(rx);
-        let parsed = parser
+        let produced = parser
             .join()
             .map_err(|_| anyhow!("the layer parser panicked"))?;
-        match (parsed, write_err) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(e)) => Err(e),
-            (Ok(()), None) => writer.finish(),
+        match (produced, write_err) {
+            // The writer's error is the cause when the parser only saw the channel close.
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(e),
+            (Ok(v), None) => Ok((writer.finish()?, v)),
         }
     })
+}
+
+/// Imports a decompressed layer tar (see [`import_tar_with`]).
+#[cfg(test)]
+pub(crate) fn import_tar<R: Read + Send>(
+    repo: &ostree::Repo,
+    reader: R,
+    allow_devices: bool,
+) -> Result<LayerTree> {
+    import_tar_with(repo, move |sink| parse_layer(reader, allow_devices, sink)).map(|(t, ())| t)
 }
 
 #[cfg(test)]
@@ -816,7 +836,11 @@ mod tests {
     fn hostile_layers_are_refused() {
         use tar::EntryType as E;
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("dotdot", tar_with(&[("../evil", E::Regular, b"x", "")]), "'..'"),
+            (
+                "dotdot",
+                tar_with(&[("../evil", E::Regular, b"x", "")]),
+                "'..'",
+            ),
             (
                 "absolute",
                 tar_with(&[("/etc/evil", E::Regular, b"x", "")]),
@@ -842,7 +866,9 @@ mod tests {
             ),
         ];
         for (what, tar, expect) in cases {
-            let e = import(&tar).err().unwrap_or_else(|| panic!("{what} accepted"));
+            let e = import(&tar)
+                .err()
+                .unwrap_or_else(|| panic!("{what} accepted"));
             let msg = format!("{e:#}");
             assert!(msg.contains(expect), "{what}: {msg}");
         }

@@ -1,0 +1,167 @@
+//! Hardlink checkouts of an image's merged rootfs.
+//!
+//! The checkout is written under a temporary name next to the destination and renamed into
+//! place when complete, so a crash never leaves a half-checked-out rootfs under the final
+//! name. Files are hardlinks to repository objects; there is no copy fallback, so a
+//! repository on another filesystem is an error that names both paths.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use ostree::prelude::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::pull::{in_transaction, write_image_commit};
+use crate::store::{ImageRecord, Store};
+use crate::tarimport::{gerr, DeviceNode};
+
+/// Fails unless `dir` is on the repository's filesystem (hardlinks need that).
+pub(crate) fn check_same_filesystem(store: &Store, dir: &Path) -> Result<()> {
+    let repo_dev = std::fs::metadata(&store.repo_path)
+        .with_context(|| format!("Inspecting {}", store.repo_path.display()))?
+        .dev();
+    let dir_dev = std::fs::metadata(dir)
+        .with_context(|| format!("Inspecting {}", dir.display()))?
+        .dev();
+    if repo_dev != dir_dev {
+        bail!(
+            "the image repository {} and the checkout directory {} are on different \
+             filesystems; hardlink checkouts need both on one filesystem (choose --repo or \
+             --checkout-path accordingly)",
+            store.repo_path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The commit and subpath holding the image's merged rootfs. Images written by Atomic have
+/// no merged tree; one is computed (and kept as an unreferenced commit until prune).
+fn rootfs_source(store: &Store, img: &ImageRecord) -> Result<(String, &'static str)> {
+    let (root, _) = store
+        .repo
+        .read_commit(&img.commit, gio::Cancellable::NONE)
+        .map_err(gerr)?;
+    if root.child("rootfs").query_file_type(
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        gio::Cancellable::NONE,
+    ) == gio::FileType::Directory
+    {
+        return Ok((img.commit.clone(), "/rootfs"));
+    }
+    let layers = img
+        .manifest
+        .layers
+        .iter()
+        .map(|l| {
+            store.blob_commit(l.hex()?)?.ok_or_else(|| {
+                anyhow!(
+                    "layer {} of {} is missing; pull the image again",
+                    l.digest,
+                    img.name
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = serde_json::to_vec(&img.manifest)?;
+    let commit = in_transaction(&store.repo, || {
+        write_image_commit(store, &layers, &manifest, &img.digest, &img.name)
+    })?;
+    Ok((commit, "/rootfs"))
+}
+
+fn temp_name(dest: &Path) -> Result<PathBuf> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", dest.display()))?;
+    Ok(dest.with_file_name(format!(
+        ".{}.checkout-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+fn make_device(root: &Path, d: &DeviceNode) -> Result<()> {
+    use rustix::fs::{FileType, Mode};
+    let path = root.join(&d.path);
+    std::fs::remove_file(&path).with_context(|| format!("Replacing {}", path.display()))?;
+    let ftype = match d.kind {
+        'c' => FileType::CharacterDevice,
+        'b' => FileType::BlockDevice,
+        _ => FileType::Fifo,
+    };
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        ftype,
+        Mode::from_raw_mode(d.mode),
+        rustix::fs::makedev(d.major, d.minor),
+    )
+    .with_context(|| format!("Creating device node {}", path.display()))?;
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        &path,
+        Some(rustix::process::Uid::from_raw(d.uid)),
+        Some(rustix::process::Gid::from_raw(d.gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("Setting the owner of {}", path.display()))?;
+    Ok(())
+}
+
+/// Checks out the image's rootfs into `dest`, which must not exist.
+pub(crate) fn checkout_image(store: &Store, img: &ImageRecord, dest: &Path) -> Result<()> {
+    if dest.symlink_metadata().is_ok() {
+        bail!("{} already exists", dest.display());
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("Creating {}", parent.display()))?;
+    check_same_filesystem(store, &parent)?;
+    let (commit, subpath) = rootfs_source(store, img)?;
+    let tmp = temp_name(dest)?;
+    if tmp.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("Removing {}", tmp.display()))?;
+    }
+    let opts = ostree::RepoCheckoutAtOptions {
+        mode: if store.user_mode {
+            ostree::RepoCheckoutMode::User
+        } else {
+            ostree::RepoCheckoutMode::None
+        },
+        no_copy_fallback: true,
+        enable_fsync: false,
+        subpath: Some(subpath.into()),
+        ..Default::default()
+    };
+    let res = (|| -> Result<()> {
+        store
+            .repo
+            .checkout_at(
+                Some(&opts),
+                libc::AT_FDCWD,
+                &tmp,
+                &commit,
+                gio::Cancellable::NONE,
+            )
+            .map_err(gerr)
+            .with_context(|| format!("Checking out {} into {}", img.name, tmp.display()))?;
+        if let Some(devs) = img.meta.get("syscont.devices") {
+            let devs: Vec<DeviceNode> = serde_json::from_str(devs)?;
+            for d in &devs {
+                make_device(&tmp, d)?;
+            }
+        }
+        let f = std::fs::File::open(&tmp)?;
+        rustix::fs::syncfs(&f).with_context(|| format!("Syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dest)
+            .with_context(|| format!("Renaming {} to {}", tmp.display(), dest.display()))?;
+        crate::fsutil::fsync_dir(&parent)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res
+}

@@ -1,0 +1,491 @@
+//! `syscont images …`: list, inspect, delete, prune, tag, verify and check out images.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+
+use crate::cli::ImagesListOpts;
+use crate::output::{self, human_size, trunc};
+use crate::pull::in_transaction;
+use crate::reference::{self, ImageReference};
+use crate::store::{ImageRecord, Store, StoreConfig, REF_PREFIX};
+use crate::tarimport::gerr;
+
+/// Splits a store name into repository and tag (or digest) for display.
+fn repo_and_tag(name: &str) -> (String, String) {
+    if let Some((repo, digest)) = name.split_once('@') {
+        return (repo.to_string(), digest.to_string());
+    }
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => (name[..i].to_string(), name[i + 1..].to_string()),
+        _ => (name.to_string(), "latest".to_string()),
+    }
+}
+
+fn created_string(secs: u64) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => secs.to_string(),
+    }
+}
+
+/// Images used by installed containers: their IDs, from each deployment's `info`.
+pub(crate) fn used_image_ids(checkout_path: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(checkout_path) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(info) = std::fs::read(e.path().join("info")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&info) else {
+            continue;
+        };
+        if let Some(rev) = v.get("revision").and_then(|r| r.as_str()) {
+            let container = name
+                .strip_suffix(".0")
+                .or_else(|| name.strip_suffix(".1"))
+                .unwrap_or(&name)
+                .to_string();
+            let users = out
+                .entry(rev.trim_start_matches("sha256:").to_string())
+                .or_default();
+            if !users.contains(&container) {
+                users.push(container);
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ListRow {
+    repo: String,
+    tag: String,
+    id: String,
+    created: String,
+    virtual_size: u64,
+    #[serde(rename = "type")]
+    type_: String,
+    used: bool,
+    name: String,
+}
+
+fn matches_filters(row: &ListRow, filters: &[String]) -> Result<bool> {
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid filter {f:?}: expected KEY=VALUE"))?;
+        let v = v.to_lowercase();
+        let field = match k.to_lowercase().as_str() {
+            "repo" | "repository" => row.repo.clone(),
+            "tag" => row.tag.clone(),
+            "id" | "image" => row.id.clone(),
+            "created" => row.created.clone(),
+            "size" => row.virtual_size.to_string(),
+            "type" => row.type_.clone(),
+            other => {
+                bail!("unknown filter key {other:?}: use repo, tag, id, created, size or type")
+            }
+        };
+        if !field.to_lowercase().contains(&v) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `syscont images list`.
+pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let used = used_image_ids(&cfg.checkout_path);
+    let mut rows = Vec::new();
+    for img in store.images()? {
+        let (repo, tag) = repo_and_tag(&img.name);
+        rows.push(ListRow {
+            repo,
+            tag,
+            id: img.id().to_string(),
+            created: created_string(img.created),
+            virtual_size: img.size(),
+            type_: "ostree".into(),
+            used: used.contains_key(img.id()),
+            name: img.name.clone(),
+        });
+    }
+    if o.all {
+        for (r, commit) in store.refs()? {
+            if !reference::is_blob_ref(&r) {
+                continue;
+            }
+            let (meta, created) = store.commit_meta(&commit)?;
+            rows.push(ListRow {
+                repo: "<none>".into(),
+                tag: "<none>".into(),
+                id: r.trim_start_matches(REF_PREFIX).to_string(),
+                created: created_string(created),
+                virtual_size: meta
+                    .get("docker.size")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                type_: "ostree".into(),
+                used: false,
+                name: String::new(),
+            });
+        }
+    }
+    let mut kept = Vec::new();
+    for r in rows {
+        if matches_filters(&r, &o.filters)? {
+            kept.push(r);
+        }
+    }
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&kept)?);
+        return Ok(());
+    }
+    if output::quiet() {
+        for r in &kept {
+            println!("{}", trunc(&r.id, 12, !o.no_trunc));
+        }
+        return Ok(());
+    }
+    let t = !o.no_trunc;
+    let table: Vec<Vec<String>> = kept
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{} {}", if r.used { ">" } else { " " }, r.repo),
+                r.tag.clone(),
+                trunc(&r.id, 12, t),
+                r.created.clone(),
+                human_size(r.virtual_size),
+                r.type_.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "  REPOSITORY",
+                "TAG",
+                "IMAGE ID",
+                "CREATED",
+                "VIRTUAL SIZE",
+                "TYPE"
+            ],
+            &table
+        )
+    );
+    Ok(())
+}
+
+/// `syscont images inspect`.
+pub(crate) fn inspect(cfg: &StoreConfig, image: &str, json: bool) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let config = store.config(&img)?;
+    let mut layers = Vec::new();
+    for l in &img.manifest.layers {
+        let uncompressed = match store.blob_commit(l.hex()?)? {
+            Some(c) => store
+                .commit_meta(&c)?
+                .0
+                .get("docker.uncompressed_size")
+                .and_then(|s| s.parse::<u64>().ok()),
+            None => None,
+        };
+        layers.push(serde_json::json!({
+            "digest": l.digest,
+            "mediaType": l.media_type,
+            "size": l.size,
+            "uncompressedSize": uncompressed,
+        }));
+    }
+    let c = config.get("config").cloned().unwrap_or_default();
+    let doc = serde_json::json!({
+        "Name": img.name,
+        "Id": img.digest,
+        "Digest": img.digest,
+        "ConfigDigest": img.manifest.config.digest,
+        "Created": config.get("created"),
+        "Architecture": config.get("architecture"),
+        "Os": config.get("os"),
+        "Config": {
+            "Entrypoint": c.get("Entrypoint"),
+            "Cmd": c.get("Cmd"),
+            "Env": c.get("Env"),
+            "ExposedPorts": c.get("ExposedPorts"),
+            "Volumes": c.get("Volumes"),
+            "WorkingDir": c.get("WorkingDir"),
+            "Labels": c.get("Labels"),
+        },
+        "Layers": layers,
+        "Size": img.size(),
+        "Source": img.meta.get("syscont.source"),
+        "Manifest": serde_json::from_str::<serde_json::Value>(
+            img.meta.get("docker.manifest").map(String::as_str).unwrap_or("null")
+        )?,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let show = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => "-".to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    println!("Name:          {}", img.name);
+    println!("ID:            {}", img.digest);
+    println!("Config:        {}", img.manifest.config.digest);
+    println!("Created:       {}", show(config.get("created")));
+    println!(
+        "Platform:      {}/{}",
+        show(config.get("os")),
+        show(config.get("architecture"))
+    );
+    for key in [
+        "Entrypoint",
+        "Cmd",
+        "Env",
+        "ExposedPorts",
+        "Volumes",
+        "WorkingDir",
+    ] {
+        println!("{:<15}{}", format!("{key}:"), show(c.get(key)));
+    }
+    println!("Labels:");
+    if let Some(labels) = c.get("Labels").and_then(|l| l.as_object()) {
+        for (k, v) in labels {
+            println!("  {k}: {}", v.as_str().unwrap_or_default());
+        }
+    }
+    println!("Layers:");
+    for l in &layers {
+        println!(
+            "  {}  {:>10}  {:>10}  {}",
+            l["digest"].as_str().unwrap_or_default(),
+            human_size(l["size"].as_u64().unwrap_or(0)),
+            l["uncompressedSize"]
+                .as_u64()
+                .map(human_size)
+                .unwrap_or_else(|| "-".into()),
+            l["mediaType"].as_str().unwrap_or_default()
+        );
+    }
+    println!("Size:          {}", human_size(img.size()));
+    Ok(())
+}
+
+/// `syscont images delete`.
+pub(crate) fn delete(cfg: &StoreConfig, images: &[String], force: bool) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let _lock = store.lock()?;
+    let used = used_image_ids(&cfg.checkout_path);
+    let mut targets: Vec<ImageRecord> = Vec::new();
+    for i in images {
+        for rec in store.resolve(i)? {
+            if let Some(users) = used.get(rec.id()) {
+                if !force {
+                    bail!(
+                        "image {} is used by the container(s) {}; uninstall them first or use --force",
+                        rec.name,
+                        users.join(", ")
+                    );
+                }
+            }
+            if !targets.iter().any(|t| t.name == rec.name) {
+                targets.push(rec);
+            }
+        }
+    }
+    in_transaction(&store.repo, || {
+        for t in &targets {
+            store
+                .repo
+                .transaction_set_ref(None, &reference::encode_ostree_ref(&t.name), None);
+        }
+        Ok(())
+    })?;
+    for t in &targets {
+        output::status(format!("Deleted {} ({}).", t.name, t.digest));
+    }
+    Ok(())
+}
+
+/// `syscont images prune`: drops blob refs no image needs, then unreachable objects.
+pub(crate) fn prune(cfg: &StoreConfig) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let _lock = store.lock()?;
+    let mut needed: HashSet<String> = HashSet::new();
+    for img in store.images()? {
+        needed.insert(img.manifest.config.hex()?.to_string());
+        for l in &img.manifest.layers {
+            needed.insert(l.hex()?.to_string());
+        }
+    }
+    let mut dropped = 0;
+    in_transaction(&store.repo, || {
+        for (r, _) in store.refs()? {
+            let last = r.trim_start_matches(REF_PREFIX);
+            if reference::is_blob_ref(&r) && !needed.contains(last) {
+                store.repo.transaction_set_ref(None, &r, None);
+                dropped += 1;
+            }
+        }
+        Ok(())
+    })?;
+    let (total, pruned, freed) = store
+        .repo
+        .prune(
+            ostree::RepoPruneFlags::REFS_ONLY,
+            -1,
+            gio::Cancellable::NONE,
+        )
+        .map_err(gerr)
+        .context("Pruning the repository")?;
+    output::status(format!(
+        "Removed {dropped} unused blobs and {pruned} of {total} objects, freeing {}.",
+        human_size(freed)
+    ));
+    Ok(())
+}
+
+/// `syscont images tag SRC DST`.
+pub(crate) fn tag(cfg: &StoreConfig, src: &str, dst: &str) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let _lock = store.lock()?;
+    let img = store.resolve_one(src)?;
+    let name = ImageReference::parse(dst)?.store_name()?;
+    in_transaction(&store.repo, || {
+        store.repo.transaction_set_ref(
+            None,
+            &reference::encode_ostree_ref(&name),
+            Some(&img.commit),
+        );
+        Ok(())
+    })?;
+    output::status(format!("Tagged {} as {name}.", img.name));
+    Ok(())
+}
+
+/// Recomputes the checksum of every object reachable from `commit`; returns the bad ones.
+fn verify_commit(repo: &ostree::Repo, commit: &str) -> Result<Vec<String>> {
+    let objects = repo
+        .traverse_commit(commit, 0, gio::Cancellable::NONE)
+        .map_err(gerr)
+        .with_context(|| format!("Walking commit {commit}"))?;
+    let mut bad = Vec::new();
+    for obj in objects {
+        let csum = obj.checksum().to_string();
+        let ok = match obj.object_type() {
+            ostree::ObjectType::File => match repo.load_file(&csum, gio::Cancellable::NONE) {
+                Ok((input, info, xattrs)) => {
+                    match ostree::checksum_file_from_input(
+                        &info,
+                        Some(&xattrs),
+                        input.as_ref(),
+                        ostree::ObjectType::File,
+                        gio::Cancellable::NONE,
+                    ) {
+                        Ok(actual) => actual.to_hex() == csum,
+                        Err(_) => false,
+                    }
+                }
+                Err(_) => false,
+            },
+            t => match repo.load_variant(t, &csum) {
+                Ok(v) => {
+                    let data = v.data_as_bytes();
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)) == csum
+                }
+                Err(_) => false,
+            },
+        };
+        if !ok {
+            bad.push(format!("{csum}.{:?}", obj.object_type()).to_lowercase());
+        }
+    }
+    bad.sort();
+    Ok(bad)
+}
+
+/// `syscont images verify`.
+pub(crate) fn verify(cfg: &StoreConfig, image: &str) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let mut problems = BTreeSet::new();
+    let mut checked = 0;
+    for l in &img.manifest.layers {
+        match store.blob_commit(l.hex()?)? {
+            None => {
+                problems.insert(format!("layer {} is missing", l.digest));
+            }
+            Some(c) => {
+                for b in verify_commit(&store.repo, &c)? {
+                    problems.insert(format!("layer {}: object {b} is corrupt", l.digest));
+                }
+                checked += 1;
+            }
+        }
+    }
+    for b in verify_commit(&store.repo, &img.commit)? {
+        problems.insert(format!("image tree: object {b} is corrupt"));
+    }
+    if problems.is_empty() {
+        output::status(format!(
+            "{} ({}): {checked} layers verified, no corruption found.",
+            img.name, img.digest
+        ));
+        return Ok(());
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    bail!(
+        "image {} has {} problem(s); pull it again after `syscont images delete` and `syscont images prune`",
+        img.name,
+        problems.len()
+    )
+}
+
+/// `syscont images checkout IMAGE DIR`.
+pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let needs_merge = store.read_file(&img.commit, "rootfs").is_err();
+    let _lock = if needs_merge {
+        Some(store.lock()?)
+    } else {
+        None
+    };
+    crate::checkout::checkout_image(&store, &img, dir)?;
+    output::status(format!("Checked out {} into {}.", img.name, dir.display()));
+    Ok(())
+}
+
+/// `syscont images info`.
+pub(crate) fn info(cfg: &StoreConfig, image: &str) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let config = store.config(&img)?;
+    println!("Image Name: {}", img.name);
+    if let Some(labels) = config.pointer("/config/Labels").and_then(|l| l.as_object()) {
+        let sorted: BTreeMap<_, _> = labels.iter().collect();
+        for (k, v) in sorted {
+            println!("{k}: {}", v.as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
