@@ -464,7 +464,7 @@ pub(crate) fn verify(cfg: &StoreConfig, image: &str) -> Result<()> {
 pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path) -> Result<()> {
     let store = Store::open(cfg)?;
     let img = store.resolve_one(image)?;
-    let needs_merge = store.read_file(&img.commit, "rootfs").is_err();
+    let needs_merge = !crate::checkout::has_merged_rootfs(&store, &img)?;
     let _lock = if needs_merge {
         Some(store.lock()?)
     } else {

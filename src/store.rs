@@ -401,13 +401,8 @@ impl Store {
             .repo
             .read_commit(commit, gio::Cancellable::NONE)
             .map_err(gerr)?;
-        let f = root.resolve_relative_path(path);
-        match f.load_contents(gio::Cancellable::NONE) {
-            Ok((bytes, _)) => Ok(Some(bytes.to_vec())),
-            Err(e) if e.matches(gio::IOErrorEnum::NotFound) => Ok(None),
-            Err(e) if e.matches(gio::IOErrorEnum::IsDirectory) => Ok(None),
-            Err(e) => Err(gerr(e)).with_context(|| format!("Reading {path} from {commit}")),
-        }
+        read_repo_file(&self.repo, &root.resolve_relative_path(path))
+            .with_context(|| format!("Reading {path} from commit {commit}"))
     }
 
     /// The image config (JSON) of an image.
@@ -422,6 +417,32 @@ impl Store {
         serde_json::from_slice(&bytes)
             .with_context(|| format!("The config of {} is not valid JSON", img.name))
     }
+}
+
+/// The content of a regular file in a commit, or `None` if it is missing or not a file.
+pub(crate) fn read_repo_file(repo: &ostree::Repo, f: &gio::File) -> Result<Option<Vec<u8>>> {
+    let Some(rf) = f.downcast_ref::<ostree::RepoFile>() else {
+        bail!("not a file in the repository");
+    };
+    if rf.ensure_resolved().is_err() {
+        return Ok(None);
+    }
+    let ftype = f.query_file_type(
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        gio::Cancellable::NONE,
+    );
+    if ftype != gio::FileType::Regular {
+        return Ok(None);
+    }
+    let (input, _, _) = repo
+        .load_file(&rf.checksum(), gio::Cancellable::NONE)
+        .map_err(gerr)?;
+    let mut out = Vec::new();
+    if let Some(input) = input {
+        use std::io::Read;
+        input.into_read().read_to_end(&mut out)?;
+    }
+    Ok(Some(out))
 }
 
 /// Removes every entry of a mutable tree.
@@ -533,14 +554,170 @@ pub(crate) fn merged_devices(
             out.insert(d.path.clone(), d.clone());
         }
     }
-    let _ = repo;
     out.into_values()
         .filter(|d| {
             let f = merged_root.resolve_relative_path(&d.path);
-            match f.load_contents(gio::Cancellable::NONE) {
-                Ok((bytes, _)) => bytes.as_ref() == d.placeholder().as_slice(),
-                Err(_) => false,
-            }
+            matches!(read_repo_file(repo, &f), Ok(Some(b)) if b == d.placeholder())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tarimport::import_tar;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, t, arg) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*t);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_mode(if *t == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            let data: &[u8] = if *t == tar::EntryType::Regular {
+                arg.as_bytes()
+            } else {
+                b""
+            };
+            h.set_size(data.len() as u64);
+            if *t == tar::EntryType::Symlink {
+                h.set_link_name(arg).unwrap();
+            }
+            h.set_path(path).unwrap();
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn commit_layer(repo: &ostree::Repo, tar: &[u8]) -> String {
+        let tree = import_tar(repo, tar, true).unwrap();
+        repo.write_commit_with_time(
+            None,
+            None,
+            None,
+            None,
+            &tree.root,
+            0,
+            gio::Cancellable::NONE,
+        )
+        .unwrap()
+        .to_string()
+    }
+
+    /// Lists a merged tree as `path -> content` (`<dir>` for directories, `-> target` for links).
+    fn listing(repo: &ostree::Repo, contents: &str, meta: &str) -> BTreeMap<String, String> {
+        let mt = ostree::MutableTree::from_checksum(repo, contents, meta);
+        let root = repo
+            .write_mtree(&mt, gio::Cancellable::NONE)
+            .unwrap()
+            .downcast::<ostree::RepoFile>()
+            .unwrap();
+        let mut out = BTreeMap::new();
+        fn walk(f: &gio::File, prefix: &str, out: &mut BTreeMap<String, String>) {
+            let en = f
+                .enumerate_children(
+                    "standard::*",
+                    gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+                    gio::Cancellable::NONE,
+                )
+                .unwrap();
+            while let Some(info) = en.next_file(gio::Cancellable::NONE).unwrap() {
+                let name = info.name().to_string_lossy().into_owned();
+                let path = format!("{prefix}{name}");
+                let child = f.child(&name);
+                match info.file_type() {
+                    gio::FileType::Directory => {
+                        out.insert(path.clone(), "<dir>".into());
+                        walk(&child, &format!("{path}/"), out);
+                    }
+                    gio::FileType::SymbolicLink => {
+                        out.insert(
+                            path,
+                            format!("-> {}", info.symlink_target().unwrap().display()),
+                        );
+                    }
+                    _ => {
+                        let repo = child.downcast_ref::<ostree::RepoFile>().unwrap().repo();
+                        let bytes = read_repo_file(&repo, &child).unwrap().unwrap();
+                        out.insert(path, String::from_utf8_lossy(&bytes).into_owned());
+                    }
+                }
+            }
+        }
+        walk(root.upcast_ref(), "", &mut out);
+        out
+    }
+
+    #[test]
+    fn merge_applies_overlay_semantics() {
+        use tar::EntryType as E;
+        let d = tempfile::tempdir().unwrap();
+        let repo = ostree::Repo::new_for_path(d.path().join("repo"));
+        repo.create(ostree::RepoMode::BareUserOnly, gio::Cancellable::NONE)
+            .unwrap();
+        repo.prepare_transaction(gio::Cancellable::NONE).unwrap();
+        let l1 = commit_layer(
+            &repo,
+            &tar_of(&[
+                ("etc/", E::Directory, ""),
+                ("etc/keep", E::Regular, "1"),
+                ("etc/gone", E::Regular, "1"),
+                ("opaque/", E::Directory, ""),
+                ("opaque/old", E::Regular, "1"),
+                ("x", E::Symlink, "/etc"),
+                ("d/", E::Directory, ""),
+                ("d/f", E::Regular, "1"),
+            ]),
+        );
+        let l2 = commit_layer(
+            &repo,
+            &tar_of(&[
+                ("etc/.wh.gone", E::Regular, ""),
+                ("etc/new", E::Regular, "2"),
+                ("opaque/.wh..wh..opq", E::Regular, ""),
+                ("opaque/fresh", E::Regular, "2"),
+                // A directory where layer 1 had a symlink: replaced, never followed.
+                ("x/evil", E::Regular, "2"),
+                // A file where layer 1 had a directory.
+                ("d", E::Regular, "2"),
+            ]),
+        );
+        let (c, m) = merge_layers(&repo, &[l1, l2]).unwrap();
+        let got = listing(&repo, &c, &m);
+        let want: BTreeMap<String, String> = [
+            ("d", "2"),
+            ("etc", "<dir>"),
+            ("etc/keep", "1"),
+            ("etc/new", "2"),
+            ("opaque", "<dir>"),
+            ("opaque/fresh", "2"),
+            ("x", "<dir>"),
+            ("x/evil", "2"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        repo.commit_transaction(gio::Cancellable::NONE).unwrap();
+    }
+
+    #[test]
+    fn manifests_are_checked() {
+        assert!(Manifest::parse(b"not json").is_err());
+        assert!(Manifest::parse(br#"{"manifests": []}"#).is_err());
+        let bad_media = br#"{"schemaVersion":2,"config":{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},
+            "layers":[{"mediaType":"application/x-foo","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1}]}"#;
+        let e = Manifest::parse(bad_media).unwrap_err();
+        assert!(format!("{e:#}").contains("unsupported layer media type"));
+        let bad_digest =
+            br#"{"schemaVersion":2,"config":{"digest":"sha256:../../etc","size":1},"layers":[]}"#;
+        assert!(Manifest::parse(bad_digest).is_err());
+    }
 }
