@@ -35,18 +35,24 @@ pub(crate) fn check_same_filesystem(store: &Store, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The commit and subpath holding the image's merged rootfs. Images written by Atomic have
-/// no merged tree; one is computed (and kept as an unreferenced commit until prune).
-fn rootfs_source(store: &Store, img: &ImageRecord) -> Result<(String, &'static str)> {
+/// Whether the image commit holds a merged `/rootfs` (images pulled by syscont do; images
+/// written by Atomic do not).
+pub(crate) fn has_merged_rootfs(store: &Store, img: &ImageRecord) -> Result<bool> {
     let (root, _) = store
         .repo
         .read_commit(&img.commit, gio::Cancellable::NONE)
         .map_err(gerr)?;
-    if root.child("rootfs").query_file_type(
+    Ok(root.child("rootfs").query_file_type(
         gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
         gio::Cancellable::NONE,
-    ) == gio::FileType::Directory
-    {
+    ) == gio::FileType::Directory)
+}
+
+/// The commit and subpath holding the image's merged rootfs. For images without one, the
+/// union is computed (and kept as an unreferenced commit until the next prune); the caller
+/// must hold the store lock then.
+fn rootfs_source(store: &Store, img: &ImageRecord) -> Result<(String, &'static str)> {
+    if has_merged_rootfs(store, img)? {
         return Ok((img.commit.clone(), "/rootfs"));
     }
     let layers = img
