@@ -7,6 +7,7 @@ pub mod error;
 
 pub(crate) mod checkout;
 pub(crate) mod cmdutil;
+pub(crate) mod deploy;
 pub(crate) mod fsutil;
 pub(crate) mod imagebuild;
 pub(crate) mod images;
