@@ -9,6 +9,7 @@ pub(crate) mod checkout;
 pub(crate) mod cmdutil;
 pub(crate) mod deploy;
 pub(crate) mod fsutil;
+pub(crate) mod hostfs;
 pub(crate) mod imagebuild;
 pub(crate) mod images;
 pub(crate) mod output;
