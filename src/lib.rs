@@ -17,5 +17,6 @@ pub(crate) mod proxy;
 pub(crate) mod pull;
 pub(crate) mod reference;
 pub(crate) mod registries;
+pub(crate) mod runtime;
 pub(crate) mod store;
 pub(crate) mod tarimport;
