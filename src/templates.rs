@@ -1,0 +1,509 @@
+//! Template values and rendering: Atomic's `$VAR` templates from images, opt-in Tera
+//! templates, syscont's own defaults, and validation of what comes out.
+//!
+//! Precedence of values (as Atomic, and as its users rely on): `--set` > values the OS
+//! provides > `manifest.json` `defaultValues` > generated (`UUID`); the forced values
+//! (`NAME`, `DESTDIR`, `EXEC_*`, `HOST_*`, `IMAGE_*`) always win.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::runtime::ExecLines;
+
+/// Capability names by number (linux/capability.h), for `$ALL_PROCESS_CAPABILITIES`.
+const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Every capability the running kernel knows, in Atomic's format: `"CAP_A",\n"CAP_B"\n`,
+/// ready to sit inside a JSON array.
+pub(crate) fn all_process_capabilities() -> String {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(CAPS.len() - 1)
+        .min(CAPS.len() - 1);
+    let quoted: Vec<String> = CAPS[..=last].iter().map(|c| format!("\"{c}\"")).collect();
+    format!("{}\n", quoted.join(",\n"))
+}
+
+/// Everything needed to compute a container's values.
+#[derive(Debug, Clone)]
+pub(crate) struct ValueInputs<'a> {
+    pub name: &'a str,
+    pub destdir: &'a Path,
+    pub image_name: &'a str,
+    pub image_id: &'a str,
+    pub runtime: &'a Path,
+    pub exec: &'a ExecLines,
+    /// `--set` values (accumulated over updates).
+    pub set: &'a BTreeMap<String, String>,
+    /// `manifest.json` `defaultValues`.
+    pub defaults: &'a BTreeMap<String, String>,
+    /// The UUID of the previous deployment, kept across updates.
+    pub uuid: Option<&'a str>,
+    /// The path of the syscont binary (`$ATOMIC`).
+    pub self_path: &'a str,
+}
+
+/// Computes all template values.
+pub(crate) fn compute_values(i: &ValueInputs<'_>) -> BTreeMap<String, String> {
+    let mut v = i.set.clone();
+    let run_dir = v
+        .get("RUN_DIRECTORY")
+        .cloned()
+        .unwrap_or_else(|| "/run".into());
+    let os: [(&str, String); 7] = [
+        ("RUN_DIRECTORY", run_dir.clone()),
+        ("PIDFILE", format!("{run_dir}/container-{}.pid", i.name)),
+        ("CONF_DIRECTORY", "/etc".into()),
+        ("STATE_DIRECTORY", "/var/lib".into()),
+        ("ALL_PROCESS_CAPABILITIES", all_process_capabilities()),
+        ("RUNTIME", i.runtime.display().to_string()),
+        ("ATOMIC", i.self_path.to_string()),
+    ];
+    for (k, val) in os {
+        v.entry(k.to_string()).or_insert(val);
+    }
+    for (k, val) in i.defaults {
+        v.entry(k.clone()).or_insert_with(|| val.clone());
+    }
+    if !v.contains_key("UUID") {
+        let uuid = i.uuid.map(str::to_string).unwrap_or_else(new_uuid);
+        v.insert("UUID".into(), uuid);
+    }
+    let forced = [
+        ("DESTDIR", i.destdir.display().to_string()),
+        ("NAME", i.name.to_string()),
+        ("EXEC_STARTPRE", i.exec.start_pre.clone()),
+        ("EXEC_START", i.exec.start.clone()),
+        ("EXEC_STOP", i.exec.stop.clone()),
+        ("EXEC_STOPPOST", i.exec.stop_post.clone()),
+        ("HOST_UID", rustix::process::getuid().as_raw().to_string()),
+        ("HOST_GID", rustix::process::getgid().as_raw().to_string()),
+        ("IMAGE_NAME", i.image_name.to_string()),
+        ("IMAGE_ID", i.image_id.to_string()),
+    ];
+    for (k, val) in forced {
+        v.insert(k.to_string(), val);
+    }
+    v
+}
+
+/// A random version-4 UUID.
+pub(crate) fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b.copy_from_slice(&t.to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Which engine renders an image's templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// Atomic's `$VAR` (Python `string.Template.substitute`): the default.
+    Dollar,
+    /// Tera, when `manifest.json` says `"templateEngine": "tera"`.
+    Tera,
+}
+
+/// Structured values (`--set-json`) and the plain values, for Tera.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RenderValues {
+    pub values: BTreeMap<String, String>,
+    pub json: BTreeMap<String, serde_json::Value>,
+}
+
+/// Refuses values that would add lines or control characters to a line-based file (a unit
+/// or a tmpfiles snippet): only the variables the template uses are checked.
+pub(crate) fn check_line_safe(used: &[String], values: &RenderValues, file: &str) -> Result<()> {
+    for var in used {
+        if let Some(val) = values.values.get(var) {
+            if let Some(c) = val.chars().find(|c| c.is_control()) {
+                bail!(
+                    "the value of {var} contains the control character {c:?}; it would change \
+                     the structure of {file} (unit-directive injection), so it is refused"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renders one template text with the chosen engine. `what` names the file in errors.
+pub(crate) fn render(
+    engine: Engine,
+    text: &str,
+    what: &str,
+    values: &RenderValues,
+    line_based: bool,
+) -> Result<String> {
+    match engine {
+        Engine::Dollar => {
+            if line_based {
+                check_line_safe(&crate::dollar::variables(text), values, what)?;
+            }
+            crate::dollar::substitute(text, what, &values.values)
+        }
+        Engine::Tera => {
+            if line_based {
+                let all: Vec<String> = values.values.keys().cloned().collect();
+                check_line_safe(&all, values, what)?;
+            }
+            let mut ctx = tera::Context::new();
+            for (k, v) in &values.values {
+                ctx.insert(k, v);
+            }
+            for (k, v) in &values.json {
+                ctx.insert(k, v);
+            }
+            let mut t = tera::Tera::default();
+            t.add_raw_template(what, text)
+                .map_err(|e| anyhow!("{}", tera_chain(&e)))
+                .with_context(|| format!("Parsing the template {what}"))?;
+            t.render(what, &ctx)
+                .map_err(|e| anyhow!("{}", tera_chain(&e)))
+                .with_context(|| format!("Rendering the template {what}"))
+        }
+    }
+}
+
+fn tera_chain(e: &tera::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Checks a rendered `config.json`: it must parse as an OCI runtime spec, with a read-only
+/// root at `rootfs` (or, for remote rootfs containers, the given absolute path).
+pub(crate) fn validate_config(text: &str, what: &str, remote_root: Option<&str>) -> Result<()> {
+    let spec: oci_spec::runtime::Spec = serde_json::from_str(text)
+        .with_context(|| format!("{what} is not a valid OCI runtime configuration"))?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| anyhow!("{what} has no root"))?;
+    let want = remote_root.unwrap_or("rootfs");
+    if root.path() != Path::new(want) {
+        bail!(
+            "invalid configuration {what}: root.path is {:?}, it must be {want:?}",
+            root.path()
+        );
+    }
+    if root.readonly() != Some(true) {
+        bail!("invalid configuration {what}: only read-only root filesystems are supported (root.readonly must be true)");
+    }
+    if let Some(p) = spec.process() {
+        if p.terminal() == Some(true) {
+            bail!("invalid configuration {what}: process.terminal must be false for a service");
+        }
+    } else {
+        bail!("invalid configuration {what}: it has no process");
+    }
+    Ok(())
+}
+
+/// Bind-mount sources in a config that do not exist on the host (for default tmpfiles).
+pub(crate) fn missing_bind_sources(config: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(config) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for m in v
+        .get("mounts")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let ty = m.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let opts_bind = m
+            .get("options")
+            .and_then(|o| o.as_array())
+            .map(|o| {
+                o.iter()
+                    .any(|x| x.as_str().map(|s| s.contains("bind")) == Some(true))
+            })
+            .unwrap_or(false);
+        if ty.contains("bind") || opts_bind {
+            if let Some(src) = m.get("source").and_then(|s| s.as_str()) {
+                if src.starts_with('/') && !Path::new(src).exists() {
+                    out.push(src.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// syscont's own templates, used when an image ships none.
+pub(crate) const DEFAULT_CONFIG: &str = include_str!("../templates/config.json.tera");
+pub(crate) const DEFAULT_SERVICE: &str = include_str!("../templates/service.tera");
+
+/// The image config fields the default config uses.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct ImageProcess {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+}
+
+impl ImageProcess {
+    /// Entrypoint + Cmd, Env and WorkingDir from an image config.
+    pub(crate) fn from_config(config: &serde_json::Value) -> ImageProcess {
+        let c = config.get("config").cloned().unwrap_or_default();
+        let list = |k: &str| -> Vec<String> {
+            c.get(k)
+                .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        let mut args = list("Entrypoint");
+        args.extend(list("Cmd"));
+        if args.is_empty() {
+            args.push("/bin/sh".into());
+        }
+        let mut env = list("Env");
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
+        }
+        let cwd = c
+            .get("WorkingDir")
+            .and_then(|w| w.as_str())
+            .filter(|w| w.starts_with('/'))
+            .unwrap_or("/")
+            .to_string();
+        ImageProcess { args, env, cwd }
+    }
+}
+
+/// Renders syscont's default `config.json` for an image.
+pub(crate) fn default_config(process: &ImageProcess, values: &RenderValues) -> Result<String> {
+    let mut ctx = tera::Context::new();
+    ctx.insert("process", process);
+    for (k, v) in &values.values {
+        ctx.insert(k, v);
+    }
+    tera::Tera::one_off(DEFAULT_CONFIG, &ctx, false)
+        .map_err(|e| anyhow!("{}", tera_chain(&e)))
+        .context("Rendering the default config.json")
+}
+
+/// Renders syscont's default unit.
+pub(crate) fn default_service(values: &RenderValues) -> Result<String> {
+    let mut ctx = tera::Context::new();
+    for (k, v) in &values.values {
+        ctx.insert(k, v);
+    }
+    tera::Tera::one_off(DEFAULT_SERVICE, &ctx, false)
+        .map_err(|e| anyhow!("{}", tera_chain(&e)))
+        .context("Rendering the default unit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn inputs<'a>(
+        set: &'a BTreeMap<String, String>,
+        defaults: &'a BTreeMap<String, String>,
+        exec: &'a ExecLines,
+        destdir: &'a PathBuf,
+    ) -> ValueInputs<'a> {
+        ValueInputs {
+            name: "etcd",
+            destdir,
+            image_name: "etcd:latest",
+            image_id: "abc",
+            runtime: Path::new("/usr/bin/runc"),
+            exec,
+            set,
+            defaults,
+            uuid: None,
+            self_path: "/usr/bin/syscont",
+        }
+    }
+
+    #[test]
+    fn precedence() {
+        let exec = ExecLines {
+            start_pre: String::new(),
+            start: "S".into(),
+            stop: "T".into(),
+            stop_post: String::new(),
+        };
+        let destdir = PathBuf::from("/var/lib/containers/atomic/etcd.0");
+        let set: BTreeMap<_, _> = [
+            ("PORT".to_string(), "1".to_string()),
+            ("NAME".to_string(), "evil".to_string()),
+            ("RUN_DIRECTORY".to_string(), "/srv/run".to_string()),
+        ]
+        .into();
+        let defaults: BTreeMap<_, _> = [
+            ("PORT".to_string(), "2".to_string()),
+            ("OTHER".to_string(), "3".to_string()),
+            ("CONF_DIRECTORY".to_string(), "/opt/conf".to_string()),
+        ]
+        .into();
+        let v = compute_values(&inputs(&set, &defaults, &exec, &destdir));
+        assert_eq!(v["PORT"], "1", "--set beats defaults");
+        assert_eq!(v["OTHER"], "3");
+        assert_eq!(
+            v["CONF_DIRECTORY"], "/etc",
+            "OS values beat manifest defaults"
+        );
+        assert_eq!(v["NAME"], "etcd", "forced values win");
+        assert_eq!(v["PIDFILE"], "/srv/run/container-etcd.pid");
+        assert_eq!(v["EXEC_START"], "S");
+        assert_eq!(v["DESTDIR"], "/var/lib/containers/atomic/etcd.0");
+        assert_eq!(v["UUID"].len(), 36);
+        assert!(v["ALL_PROCESS_CAPABILITIES"].starts_with("\"CAP_CHOWN\",\n"));
+        assert!(v["ALL_PROCESS_CAPABILITIES"].ends_with("\"\n"));
+    }
+
+    #[test]
+    fn injection_is_refused() {
+        let mut rv = RenderValues::default();
+        rv.values
+            .insert("X".into(), "a\nExecStartPre=/bin/evil".into());
+        let e = render(
+            Engine::Dollar,
+            "Description=$X\n",
+            "service.template",
+            &rv,
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unit-directive injection"),
+            "{e:#}"
+        );
+        // In config.json (not line based) a newline is the template's business.
+        render(
+            Engine::Dollar,
+            "{\"a\": \"$X\"}",
+            "config.json.template",
+            &rv,
+            false,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tera_is_strict_and_json_encodes() {
+        let mut rv = RenderValues::default();
+        rv.values.insert("NAME".into(), "we\"ird".into());
+        rv.json.insert(
+            "MOUNTS".into(),
+            serde_json::json!([{"source": "/a", "destination": "/b"}]),
+        );
+        let out = render(
+            Engine::Tera,
+            "{\"n\": {{ NAME | json_encode() | safe }}, \"m\": [{% for m in MOUNTS %}{{ m.source | json_encode() | safe }}{% endfor %}]}",
+            "config.json.template",
+            &rv,
+            false,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["n"], "we\"ird");
+        assert_eq!(v["m"][0], "/a");
+        let e = render(Engine::Tera, "{{ NOPE }}", "x", &rv, false).unwrap_err();
+        assert!(format!("{e:#}").contains("NOPE"), "{e:#}");
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        let mut rv = RenderValues::default();
+        rv.values.insert("NAME".into(), "web".into());
+        rv.values.insert("RUN_DIRECTORY".into(), "/run".into());
+        let p = ImageProcess::from_config(&serde_json::json!({
+            "config": {"Entrypoint": ["/bin/httpd"], "Cmd": ["-f"], "Env": ["A=\"b\""], "WorkingDir": "/srv"}
+        }));
+        let out = default_config(&p, &rv).unwrap();
+        validate_config(&out, "config.json", None).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["process"]["args"],
+            serde_json::json!(["/bin/httpd", "-f"])
+        );
+        assert_eq!(v["process"]["cwd"], "/srv");
+    }
+
+    #[test]
+    fn config_validation() {
+        let ok = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":true},"process":{"cwd":"/","args":["a"],"user":{"uid":0,"gid":0}}}"#;
+        validate_config(ok, "c", None).unwrap();
+        let rw = ok.replace("\"readonly\":true", "\"readonly\":false");
+        assert!(validate_config(&rw, "c", None).is_err());
+        let elsewhere = ok.replace("\"rootfs\"", "\"/\"");
+        assert!(validate_config(&elsewhere, "c", None).is_err());
+        assert!(validate_config("{", "c", None).is_err());
+    }
+}
