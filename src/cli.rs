@@ -50,6 +50,37 @@ struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Install a system container: check out the image, render its unit, config and
+    /// tmpfiles, copy its host files, and register the unit with systemd.
+    ///
+    /// Installing a name that is already installed says so and succeeds.
+    Install(InstallArgs),
+    /// Uninstall a system container: stop and disable its unit, remove its files, host files
+    /// that were not modified, and both deployments.
+    Uninstall {
+        /// The container name.
+        name: String,
+    },
+    /// Manage installed system containers.
+    #[command(subcommand)]
+    Containers(ContainersCommand),
+    /// Start a container's service; with a command, run it in the container (exec when it
+    /// runs, a one-off run in its deployment when stopped); with an image, run it once.
+    Run {
+        /// A template value KEY=VALUE for a run from an image (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// An installed container name or an image.
+        target: String,
+        /// The command to run.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Stop a container's service.
+    Stop {
+        /// The container name.
+        name: String,
+    },
     /// Pull an image into the local OSTree store.
     ///
     /// Layers already in the store are not fetched again. Bare names are resolved through
@@ -60,6 +91,94 @@ enum Command {
     Images(ImagesCommand),
     /// Build an OCI image from a directory, reproducibly, without a container engine.
     Build(BuildOpts),
+}
+
+/// `syscont install`.
+#[derive(Debug, Args)]
+struct InstallArgs {
+    /// Install as a system container (the default for root).
+    #[arg(long, conflicts_with = "user")]
+    system: bool,
+    /// Install as the calling user (rootless); not supported yet.
+    #[arg(long)]
+    user: bool,
+    /// The container name (default: the image name, with the tag unless it is latest).
+    #[arg(short, long)]
+    name: Option<String>,
+    /// A template value KEY=VALUE (repeatable); values may contain spaces and '='.
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// A structured template value KEY=JSON for Tera templates (repeatable).
+    #[arg(long, value_name = "KEY=JSON")]
+    set_json: Vec<String>,
+    /// Use an existing root filesystem instead of checking out the image.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// The OCI runtime (default: /usr/bin/runc).
+    #[arg(long, value_name = "PATH")]
+    runtime: Option<PathBuf>,
+    /// Start the service and wait for the result.
+    #[arg(long)]
+    start: bool,
+    #[command(flatten)]
+    fetch: FetchOpts,
+    /// The image to install.
+    image: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContainersCommand {
+    /// List installed containers (running ones unless --all).
+    List {
+        /// Also list containers that are not running.
+        #[arg(short, long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not truncate columns.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Show only containers matching KEY=VALUE (container, image, command, state,
+        /// runtime, backend).
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+    },
+    /// Update a container to its image's current version or new values, into the other
+    /// deployment; a running service is restarted and rolled back if it fails.
+    Update {
+        /// Update every installed container (with automatic rollback) and print a summary.
+        #[arg(long, conflicts_with_all = ["name", "set", "rebase"])]
+        all: bool,
+        /// A template value KEY=VALUE (repeatable); it persists for later updates.
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A structured template value KEY=JSON (repeatable).
+        #[arg(long, value_name = "KEY=JSON")]
+        set_json: Vec<String>,
+        /// Switch to another image.
+        #[arg(long, value_name = "IMAGE")]
+        rebase: Option<String>,
+        /// Pull the image again before updating.
+        #[arg(long)]
+        pull: bool,
+        /// Keep the new version even if it fails to start.
+        #[arg(long)]
+        no_rollback: bool,
+        /// Seconds the restarted service must stay active before the update counts.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        probation: u64,
+        #[command(flatten)]
+        fetch: FetchOpts,
+        /// The container name.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+    },
+    /// Switch a container back to its other deployment.
+    Rollback {
+        /// The container name.
+        name: String,
+    },
 }
 
 /// Options for fetching images.
@@ -82,6 +201,17 @@ pub(crate) struct FetchOpts {
         env = "SYSCONT_PULL_TIMEOUT"
     )]
     pub timeout: u64,
+}
+
+impl Default for FetchOpts {
+    fn default() -> Self {
+        FetchOpts {
+            tls_verify: None,
+            authfile: std::env::var_os("REGISTRY_AUTH_FILE").map(Into::into),
+            arch: None,
+            timeout: 60,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +370,64 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
         checkout_path: g.checkout_path.clone(),
     };
     match opt.command {
+        Command::Install(i) => {
+            if i.user {
+                anyhow::bail!("--user (rootless) installs are not supported yet");
+            }
+            let o = crate::container::InstallOpts {
+                image: i.image,
+                name: i.name,
+                set: i.set,
+                set_json: i.set_json,
+                rootfs: i.rootfs,
+                runtime: i.runtime,
+                start: i.start,
+                fetch: Some(i.fetch),
+            };
+            crate::container::install(&store, &o)
+        }
+        Command::Uninstall { name } => crate::container::uninstall(&store, &name),
+        Command::Containers(c) => match c {
+            ContainersCommand::List {
+                all,
+                json,
+                no_trunc,
+                filters,
+            } => crate::container::list(&store, all, json, no_trunc, &filters),
+            ContainersCommand::Update {
+                all,
+                set,
+                set_json,
+                rebase,
+                pull,
+                no_rollback,
+                probation,
+                fetch,
+                name,
+            } => {
+                let o = crate::container::UpdateOpts {
+                    set,
+                    set_json,
+                    rebase,
+                    pull,
+                    no_rollback,
+                    probation: std::time::Duration::from_secs(probation),
+                    fetch: Some(fetch),
+                };
+                match (all, name) {
+                    (true, _) => crate::container::update_all(&store, &o),
+                    (false, Some(n)) => crate::container::update(&store, &n, &o).map(|_| ()),
+                    (false, None) => anyhow::bail!("give a container name or --all"),
+                }
+            }
+            ContainersCommand::Rollback { name } => crate::container::rollback(&store, &name),
+        },
+        Command::Run {
+            set,
+            target,
+            command,
+        } => crate::container::run(&store, &target, &command, &set),
+        Command::Stop { name } => crate::container::stop(&store, &name),
         Command::Pull(p) => crate::pull::pull_cmd(&store, &p.fetch, &p.image),
         Command::Images(c) => match c {
             ImagesCommand::List(o) => crate::images::list(&store, &o),

@@ -7,6 +7,7 @@ pub mod error;
 
 pub(crate) mod checkout;
 pub(crate) mod cmdutil;
+pub(crate) mod container;
 pub(crate) mod deploy;
 pub(crate) mod dollar;
 pub(crate) mod fsutil;
@@ -20,5 +21,6 @@ pub(crate) mod reference;
 pub(crate) mod registries;
 pub(crate) mod runtime;
 pub(crate) mod store;
+pub(crate) mod systemd;
 pub(crate) mod tarimport;
 pub(crate) mod templates;

@@ -96,3 +96,8 @@ pub(crate) fn is_blob_ref(r: &str) -> bool {
     let last = r.rsplit('/').next().unwrap_or(r);
     last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit())
 }
+
+/// Atomic's default container name for an image (placeholder until the real module lands).
+pub(crate) fn default_container_name(store_name: &str) -> String {
+    store_name.to_string()
+}

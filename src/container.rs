@@ -1,0 +1,1285 @@
+//! System containers: install, update, rollback, uninstall, list, run and stop.
+//!
+//! Every change is prepared off to the side (a new slot directory under a temporary name,
+//! rendered files, a host-file plan with its conflicts checked) before anything visible
+//! changes. The `NAME -> NAME.N` symlink flip is the commit point; systemd is told over
+//! D-Bus only after the files it reads are in place.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cmdutil::CommandExt;
+use crate::deploy::{self, Deployments, Info};
+use crate::fsutil;
+use crate::hostfs;
+use crate::output::{self, trunc};
+use crate::runtime::{self, ExecMode};
+use crate::store::{ImageRecord, Store, StoreConfig};
+use crate::systemd::Systemd;
+use crate::templates::{self, Engine, RenderValues, ValueInputs};
+
+/// Where units and tmpfiles snippets go.
+const UNIT_DIR: &str = "/etc/systemd/system";
+const TMPFILES_DIR: &str = "/etc/tmpfiles.d";
+/// The first line of every unit syscont writes: how it recognises its own files.
+const UNIT_MARKER: &str = "# Managed by syscont; changes are overwritten by updates.";
+/// How long a start or stop job may take.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn unit_name(name: &str) -> String {
+    format!("{name}.service")
+}
+
+fn unit_path(name: &str) -> PathBuf {
+    Path::new(UNIT_DIR).join(unit_name(name))
+}
+
+fn dropin_dir(name: &str) -> PathBuf {
+    Path::new(UNIT_DIR).join(format!("{name}.service.d"))
+}
+
+fn tmpfiles_path(name: &str) -> PathBuf {
+    Path::new(TMPFILES_DIR).join(format!("{name}.conf"))
+}
+
+/// Options of `syscont install`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InstallOpts {
+    pub image: String,
+    pub name: Option<String>,
+    pub set: Vec<String>,
+    pub set_json: Vec<String>,
+    pub rootfs: Option<PathBuf>,
+    pub runtime: Option<PathBuf>,
+    pub start: bool,
+    pub fetch: Option<crate::cli::FetchOpts>,
+}
+
+/// Parses `KEY=VALUE` arguments (split at the first `=`; later duplicates win).
+pub(crate) fn parse_set(args: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow!("Invalid value '{a}'.  Expected form NAME=VALUE"))?;
+        if k.is_empty()
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || k.chars().next().is_some_and(|c| c.is_ascii_digit())
+        {
+            bail!("invalid variable name {k:?} in --set {a:?}");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Parses `KEY=JSON` arguments.
+pub(crate) fn parse_set_json(args: &[String]) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow!("Invalid value '{a}'.  Expected form NAME=JSON"))?;
+        let j = serde_json::from_str(v).with_context(|| format!("--set-json {k}: invalid JSON"))?;
+        out.insert(k.to_string(), j);
+    }
+    Ok(out)
+}
+
+/// The parts of `/exports/manifest.json` syscont reads.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub(crate) struct ExportsManifest {
+    #[serde(rename = "defaultValues", default)]
+    pub default_values: BTreeMap<String, serde_json::Value>,
+    #[serde(rename = "renameFiles", default)]
+    pub rename_files: BTreeMap<String, String>,
+    #[serde(rename = "installedFilesTemplate", default)]
+    pub installed_files_template: Vec<String>,
+    #[serde(rename = "noContainerService", default)]
+    pub no_container_service: bool,
+    #[serde(rename = "useLinks", default = "yes")]
+    pub use_links: bool,
+    #[serde(rename = "templateEngine", default)]
+    pub template_engine: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ExportsManifest {
+    fn read(exports: &Path) -> Result<ExportsManifest> {
+        let p = exports.join("manifest.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("Invalid manifest.json file in image: {}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("Reading {}", p.display())),
+        }
+    }
+
+    fn defaults(&self) -> BTreeMap<String, String> {
+        self.default_values
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+
+    fn engine(&self) -> Result<Engine> {
+        match self.template_engine.as_deref() {
+            None | Some("atomic") => Ok(Engine::Dollar),
+            Some("tera") => Ok(Engine::Tera),
+            Some(other) => {
+                bail!("unknown templateEngine {other:?} in manifest.json (use \"tera\")")
+            }
+        }
+    }
+}
+
+/// Everything rendered for one deployment slot, before anything is written.
+struct Rendered {
+    config: String,
+    service: Option<String>,
+    dropin: Option<String>,
+    tmpfiles: Option<String>,
+    plan: hostfs::Plan,
+    info: Info,
+}
+
+/// Reads an exports file from the rootfs, if present.
+fn read_export(exports: &Path, name: &str) -> Result<Option<String>> {
+    let p = exports.join(name);
+    match std::fs::read(&p) {
+        Ok(b) => Ok(Some(
+            String::from_utf8(b).map_err(|_| anyhow!("{} is not UTF-8", p.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("Reading {}", p.display())),
+    }
+}
+
+/// Inputs that stay the same between the slots of one container.
+struct Target<'a> {
+    name: &'a str,
+    img: &'a ImageRecord,
+    image_arg: &'a str,
+    runtime: PathBuf,
+    set: BTreeMap<String, String>,
+    set_json: BTreeMap<String, serde_json::Value>,
+    uuid: Option<String>,
+    remote: Option<String>,
+}
+
+/// Renders config, unit, tmpfiles and the host-file plan for a slot whose rootfs exists.
+fn render_slot(
+    store: &Store,
+    t: &Target<'_>,
+    slot_dir: &Path,
+    final_dir: &Path,
+) -> Result<Rendered> {
+    let rootfs = slot_dir.join("rootfs");
+    let exports = rootfs.join("exports");
+    let manifest = ExportsManifest::read(&exports)?;
+    let engine = manifest.engine()?;
+    let service_tmpl = read_export(&exports, "service.template")?;
+    let tmpfiles_tmpl = read_export(&exports, "tmpfiles.template")?;
+    let mode = match &service_tmpl {
+        Some(s) if !runtime::template_wants_pidfile(&crate::dollar::variables(s)) => {
+            ExecMode::Classic
+        }
+        _ => ExecMode::Pidfile,
+    };
+    let run_dir = t
+        .set
+        .get("RUN_DIRECTORY")
+        .cloned()
+        .unwrap_or_else(|| "/run".into());
+    let pidfile = t
+        .set
+        .get("PIDFILE")
+        .cloned()
+        .unwrap_or_else(|| format!("{run_dir}/container-{}.pid", t.name));
+    let exec = runtime::exec_lines(&t.runtime, t.name, mode, &pidfile, true);
+    let self_path = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "syscont".into());
+    let values = templates::compute_values(&ValueInputs {
+        name: t.name,
+        destdir: final_dir,
+        image_name: &t.img.name,
+        image_id: t.img.id(),
+        runtime: &t.runtime,
+        exec: &exec,
+        set: &t.set,
+        defaults: &manifest.defaults(),
+        uuid: t.uuid.as_deref(),
+        self_path: &self_path,
+    });
+    let rv = RenderValues {
+        values: values.clone(),
+        json: t.set_json.clone(),
+    };
+    let remote_root = t.remote.as_ref().map(|_| rootfs.display().to_string());
+    let _ = &remote_root;
+
+    // config.json: verbatim, rendered, or syscont's default.
+    let config = if let Some(c) = read_export(&exports, "config.json")? {
+        c
+    } else if let Some(tmpl) = read_export(&exports, "config.json.template")? {
+        templates::render(engine, &tmpl, "exports/config.json.template", &rv, false)?
+    } else {
+        let process = templates::ImageProcess::from_config(&store.config(t.img)?);
+        templates::default_config(&process, &rv)?
+    };
+    let config = if t.remote.is_some() {
+        // A remote rootfs is referenced by its absolute path.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&config).context("The rendered config.json is not valid JSON")?;
+        v["root"]["path"] = serde_json::Value::String(
+            std::fs::canonicalize(&rootfs)
+                .unwrap_or(rootfs.clone())
+                .display()
+                .to_string(),
+        );
+        serde_json::to_string_pretty(&v)?
+    } else {
+        config
+    };
+    let want_root = t.remote.as_ref().map(|_| {
+        std::fs::canonicalize(&rootfs)
+            .unwrap_or(rootfs.clone())
+            .display()
+            .to_string()
+    });
+    templates::validate_config(&config, "config.json", want_root.as_deref())?;
+
+    let (service, dropin) = if manifest.no_container_service {
+        (None, None)
+    } else {
+        let body = match &service_tmpl {
+            Some(tmpl) => templates::render(engine, tmpl, "exports/service.template", &rv, true)?,
+            None => templates::default_service(&rv)?,
+        };
+        // Pidfile mode detaches: without an explicit Type= systemd would lose track of the
+        // container, so a drop-in makes the unit Type=forking with the PID file.
+        let has_type = body.lines().any(|l| l.trim_start().starts_with("Type="));
+        let dropin = (mode == ExecMode::Pidfile && !has_type).then(|| {
+            format!(
+                "{UNIT_MARKER}\n[Service]\nType=forking\nPIDFile={}\n",
+                values["PIDFILE"]
+            )
+        });
+        (Some(format!("{UNIT_MARKER}\n{body}")), dropin)
+    };
+    let tmpfiles = match &tmpfiles_tmpl {
+        Some(tmpl) => Some(templates::render(
+            engine,
+            tmpl,
+            "exports/tmpfiles.template",
+            &rv,
+            true,
+        )?),
+        None => {
+            let missing = templates::missing_bind_sources(&config);
+            (!missing.is_empty()).then(|| {
+                missing
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "d    {m}   0700 {} {} - -\n",
+                            values["HOST_UID"], values["HOST_GID"]
+                        )
+                    })
+                    .collect::<String>()
+            })
+        }
+    }
+    .filter(|s| !s.trim().is_empty());
+
+    // Host files: renames and templates rendered with this slot's own values.
+    let mut renames = BTreeMap::new();
+    for (from, to) in &manifest.rename_files {
+        let to = crate::dollar::substitute(to, "manifest.json", &values)?;
+        renames.insert(from.clone(), to);
+    }
+    let render_host = |text: &str, dest: &str| -> Result<String> {
+        templates::render(engine, text, dest, &rv, false)
+    };
+    let plan = hostfs::plan(
+        &exports.join("hostfs"),
+        &renames,
+        &manifest.installed_files_template,
+        &render_host,
+    )?;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let info = Info {
+        image: t.image_arg.to_string(),
+        revision: t.img.id().to_string(),
+        ostree_commit: t.img.commit.clone(),
+        created: now,
+        values,
+        has_container_service: !manifest.no_container_service,
+        installed_files: Vec::new(),
+        installed_files_checksum: BTreeMap::new(),
+        installed_files_template: manifest.installed_files_template.clone(),
+        rename_installed_files: renames,
+        rpm_installed: None,
+        system_package: "no".into(),
+        remote: t.remote.clone(),
+        use_links: manifest.use_links,
+        runtime: t.runtime.display().to_string(),
+        syscont: deploy::SyscontInfo {
+            set_values: t.set.clone(),
+            set_json: t.set_json.clone(),
+            image_name: t.img.name.clone(),
+            created_dirs: Vec::new(),
+        },
+    };
+    Ok(Rendered {
+        config,
+        service,
+        dropin,
+        tmpfiles,
+        plan,
+        info,
+    })
+}
+
+/// Builds a complete slot directory under a temporary name, then renames it to `NAME.slot`.
+fn build_slot(store: &Store, deps: &Deployments, t: &Target<'_>, slot: u8) -> Result<Rendered> {
+    let final_dir = deps.slot_dir(t.name, slot);
+    let tmp = deps
+        .root
+        .join(format!(".{}.{slot}.tmp-{}", t.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("Creating {}", tmp.display()))?;
+    let res = (|| -> Result<Rendered> {
+        match &t.remote {
+            Some(r) => {
+                let src = remote_rootfs(Path::new(r))?;
+                std::os::unix::fs::symlink(&src, tmp.join("rootfs"))?;
+            }
+            None => crate::checkout::checkout_image(store, t.img, &tmp.join("rootfs"))?,
+        }
+        let mut r = render_slot(store, t, &tmp, &final_dir)?;
+        fsutil::atomic_write(&tmp.join("config.json"), r.config.as_bytes(), 0o644)?;
+        if let Some(s) = &r.service {
+            fsutil::atomic_write(&tmp.join(unit_name(t.name)), s.as_bytes(), 0o644)?;
+        }
+        if let Some(d) = &r.dropin {
+            fsutil::atomic_write(
+                &tmp.join(format!("{}.dropin.conf", t.name)),
+                d.as_bytes(),
+                0o644,
+            )?;
+        }
+        if let Some(tf) = &r.tmpfiles {
+            fsutil::atomic_write(
+                &tmp.join(format!("tmpfiles-{}.conf", t.name)),
+                tf.as_bytes(),
+                0o644,
+            )?;
+        }
+        r.info.installed_files = r.plan.entries.keys().cloned().collect();
+        let mut buf = serde_json::to_vec_pretty(&r.info)?;
+        buf.push(b'\n');
+        fsutil::atomic_write(&tmp.join("info"), &buf, 0o644)?;
+        Ok(r)
+    })();
+    match res {
+        Ok(r) => {
+            if final_dir.symlink_metadata().is_ok() {
+                remove_tree(&final_dir)?;
+            }
+            std::fs::rename(&tmp, &final_dir).with_context(|| {
+                format!("Renaming {} to {}", tmp.display(), final_dir.display())
+            })?;
+            fsutil::fsync_dir(&deps.root)?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The rootfs a `--rootfs` path refers to: `PATH/rootfs` if present, else PATH itself when
+/// it looks like a root filesystem (has `usr/`). (Atomic used the parent's `rootfs`, a bug.)
+fn remote_rootfs(p: &Path) -> Result<PathBuf> {
+    let p = std::fs::canonicalize(p).with_context(|| format!("--rootfs {}", p.display()))?;
+    if p.join("rootfs").is_dir() {
+        return Ok(std::fs::canonicalize(p.join("rootfs"))?);
+    }
+    if p.join("usr").is_dir() {
+        return Ok(p);
+    }
+    bail!(
+        "--rootfs was given but {} does not contain a rootfs",
+        p.display()
+    )
+}
+
+/// Removes a directory tree; the rootfs is made of hardlinks to repository objects, which
+/// are only unlinked, never modified.
+fn remove_tree(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => {
+            std::fs::remove_dir_all(p).with_context(|| format!("Removing {}", p.display()))
+        }
+        Ok(_) => std::fs::remove_file(p).with_context(|| format!("Removing {}", p.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes a unit (and its drop-in) and the tmpfiles snippet from a slot to `/etc`.
+fn publish_units(deps: &Deployments, name: &str, slot: u8) -> Result<()> {
+    let dir = deps.slot_dir(name, slot);
+    let copy = |src: PathBuf, dst: PathBuf| -> Result<()> {
+        match std::fs::read(&src) {
+            Ok(data) => {
+                if let Some(p) = dst.parent() {
+                    std::fs::create_dir_all(p)?;
+                }
+                fsutil::atomic_write(&dst, &data, 0o644)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = std::fs::remove_file(&dst);
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("Reading {}", src.display())),
+        }
+    };
+    copy(dir.join(unit_name(name)), unit_path(name))?;
+    copy(
+        dir.join(format!("{name}.dropin.conf")),
+        dropin_dir(name).join("50-syscont.conf"),
+    )?;
+    copy(
+        dir.join(format!("tmpfiles-{name}.conf")),
+        tmpfiles_path(name),
+    )?;
+    Ok(())
+}
+
+fn tmpfiles(op: &str, name: &str) -> Result<()> {
+    let p = tmpfiles_path(name);
+    if !p.exists() {
+        return Ok(());
+    }
+    Command::new("systemd-tmpfiles")
+        .arg(op)
+        .arg(&p)
+        .run_checked()
+        .with_context(|| format!("Applying {}", p.display()))
+}
+
+/// Fails if `/etc/systemd/system/NAME.service` exists and was not written by syscont.
+fn check_unit_is_ours(name: &str) -> Result<()> {
+    let p = unit_path(name);
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        if !s.starts_with(UNIT_MARKER) {
+            bail!(
+                "{} exists and was not written by syscont; choose another --name",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a crashed install left: slots without a link, and temporary slot dirs.
+fn clean_leftovers(deps: &Deployments, name: &str) -> Result<()> {
+    if deps.active_slot(name).is_none() {
+        if deps.link(name).symlink_metadata().is_ok() {
+            std::fs::remove_file(deps.link(name))?;
+        }
+        for s in [0, 1] {
+            remove_tree(&deps.slot_dir(name, s))?;
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(&deps.root) {
+        for e in rd.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f.starts_with(&format!(".{name}.0.tmp-"))
+                || f.starts_with(&format!(".{name}.1.tmp-"))
+            {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds the image (pulling it when missing).
+fn image_for(
+    store: &Store,
+    image: &str,
+    fetch: Option<&crate::cli::FetchOpts>,
+    pull: bool,
+) -> Result<ImageRecord> {
+    if !pull {
+        if let Ok(img) = store.resolve_one(image) {
+            return Ok(img);
+        }
+    }
+    let default_fetch;
+    let fetch = match fetch {
+        Some(f) => f,
+        None => {
+            default_fetch = crate::cli::FetchOpts::default();
+            &default_fetch
+        }
+    };
+    let _lock = store.lock()?;
+    let r = crate::pull::pull(store, fetch, image)?;
+    store
+        .image_by_name(&r.name)?
+        .ok_or_else(|| anyhow!("image {} vanished after the pull", r.name))
+}
+
+/// `syscont install`.
+pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    std::fs::create_dir_all(&deps.root)
+        .with_context(|| format!("Creating {}", deps.root.display()))?;
+    let set = parse_set(&o.set)?;
+    let set_json = parse_set_json(&o.set_json)?;
+    let img = image_for(&store, &o.image, o.fetch.as_ref(), false)?;
+    let name = match &o.name {
+        Some(n) => n.clone(),
+        None => crate::reference::default_container_name(&img.name),
+    };
+    deploy::validate_name(&name)?;
+    deps.check_free(&name)?;
+    let _lock = deps.lock(&name)?;
+    if deps.is_installed(&name) {
+        println!("{name} already present");
+        return Ok(());
+    }
+    let runtime = runtime::resolve(&o.runtime.clone().unwrap_or_else(runtime::default_runtime))?;
+    runtime::check(&runtime)?;
+    check_unit_is_ours(&name)?;
+    clean_leftovers(&deps, &name)?;
+
+    let config = store.config(&img)?;
+    if config
+        .pointer("/config/Labels/atomic.run")
+        .and_then(|v| v.as_str())
+        == Some("once")
+    {
+        return run_once(&store, &img, &name, &set, &set_json, &runtime, &[]);
+    }
+
+    let target = Target {
+        name: &name,
+        img: &img,
+        image_arg: &o.image,
+        runtime: runtime.clone(),
+        set,
+        set_json,
+        uuid: None,
+        remote: o.rootfs.as_ref().map(|p| p.display().to_string()),
+    };
+    output::status(format!(
+        "Extracting to {}",
+        deps.slot_dir(&name, 0).display()
+    ));
+    let rendered = build_slot(&store, &deps, &target, 0)?;
+    let conflicts = hostfs::conflicts(Path::new("/"), &rendered.plan, &BTreeMap::new())?;
+    if !conflicts.is_empty() {
+        let _ = remove_tree(&deps.slot_dir(&name, 0));
+        bail!(
+            "cannot install {name}: these host files exist with other content: {}",
+            conflicts.join(", ")
+        );
+    }
+    // From here on the host changes; undo everything on failure.
+    let res = (|| -> Result<()> {
+        let installed = hostfs::apply(Path::new("/"), &rendered.plan)?;
+        let mut info = rendered.info.clone();
+        info.installed_files_checksum = installed.checksums.clone();
+        info.syscont.created_dirs = installed.created_dirs.clone();
+        deps.write_info(&name, 0, &info)?;
+        for f in installed.checksums.keys() {
+            output::status(format!("Created file {f}"));
+        }
+        publish_units(&deps, &name, 0)?;
+        deps.activate(&name, 0)?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let info = deps.read_info(&name, 0).ok();
+        if let Some(info) = info {
+            hostfs::remove(
+                Path::new("/"),
+                &info.installed_files_checksum,
+                &info.syscont.created_dirs,
+                &BTreeMap::new(),
+            );
+        }
+        let _ = std::fs::remove_file(unit_path(&name));
+        let _ = std::fs::remove_dir_all(dropin_dir(&name));
+        let _ = std::fs::remove_file(tmpfiles_path(&name));
+        let _ = std::fs::remove_file(deps.link(&name));
+        let _ = remove_tree(&deps.slot_dir(&name, 0));
+        return Err(e);
+    }
+    let sd = Systemd::system()?;
+    sd.reload()?;
+    tmpfiles("--create", &name)?;
+    if rendered.service.is_some() {
+        sd.enable(&[&unit_name(&name)])?;
+        if o.start {
+            sd.start(&unit_name(&name), JOB_TIMEOUT)?;
+        }
+    }
+    output::status(format!(
+        "Installed {name} from {} ({}).",
+        img.name, img.digest
+    ));
+    Ok(())
+}
+
+/// `syscont uninstall`.
+pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
+    deploy::validate_name(name)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    let _lock = deps.lock(name)?;
+    let slot = deps.active_slot(name);
+    let has_leftovers = [0, 1].iter().any(|s| deps.slot_dir(name, *s).exists())
+        || deps.link(name).symlink_metadata().is_ok();
+    let unit_ours = std::fs::read_to_string(unit_path(name))
+        .map(|s| s.starts_with(UNIT_MARKER))
+        .unwrap_or(false);
+    if slot.is_none() && !has_leftovers && !unit_ours {
+        bail!("container {name} is not installed");
+    }
+    let info = slot.and_then(|s| deps.read_info(name, s).ok());
+    let sd = Systemd::system()?;
+    let unit = unit_name(name);
+    if unit_ours
+        || info
+            .as_ref()
+            .map(|i| i.has_container_service)
+            .unwrap_or(false)
+    {
+        sd.stop(&unit, JOB_TIMEOUT)?;
+        let _ = sd.disable(&[&unit]);
+    }
+    let _ = std::fs::remove_file(unit_path(name));
+    let _ = std::fs::remove_dir_all(dropin_dir(name));
+    sd.reload()?;
+    let _ = sd.reset_failed(&unit);
+    let _ = tmpfiles("--remove", name);
+    let _ = std::fs::remove_file(tmpfiles_path(name));
+    if let Some(info) = &info {
+        for kept in hostfs::remove(
+            Path::new("/"),
+            &info.installed_files_checksum,
+            &info.syscont.created_dirs,
+            &BTreeMap::new(),
+        ) {
+            output::status(format!(
+                "Will not delete {kept} as it was manually modified."
+            ));
+        }
+    }
+    let _ = std::fs::remove_file(deps.link(name));
+    for s in [0, 1] {
+        remove_tree(&deps.slot_dir(name, s))?;
+    }
+    clean_leftovers(&deps, name)?;
+    output::status(format!("Uninstalled {name}."));
+    Ok(())
+}
+
+/// Runs an `atomic.run=once` image (or `syscont run IMAGE CMD`) in the foreground.
+pub(crate) fn run_once(
+    store: &Store,
+    img: &ImageRecord,
+    name: &str,
+    set: &BTreeMap<String, String>,
+    set_json: &BTreeMap<String, serde_json::Value>,
+    runtime: &Path,
+    args: &[String],
+) -> Result<()> {
+    let deps = Deployments::new(&store.checkout_path);
+    let id = format!("{name}-run-{}", std::process::id());
+    let base = deps.root.join(format!(".run-{id}"));
+    let _ = remove_tree(&base);
+    std::fs::create_dir_all(&base)?;
+    let res = (|| -> Result<i32> {
+        crate::checkout::checkout_image(store, img, &base.join("rootfs"))?;
+        let target = Target {
+            name,
+            img,
+            image_arg: &img.name,
+            runtime: runtime.to_path_buf(),
+            set: set.clone(),
+            set_json: set_json.clone(),
+            uuid: None,
+            remote: None,
+        };
+        let r = render_slot_lenient(store, &target, &base)?;
+        let mut config: serde_json::Value = serde_json::from_str(&r)?;
+        if !args.is_empty() {
+            config["process"]["args"] = serde_json::json!(args);
+        }
+        use std::io::IsTerminal;
+        config["process"]["terminal"] = serde_json::json!(std::io::stdin().is_terminal());
+        fsutil::atomic_write(
+            &base.join("config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+            0o644,
+        )?;
+        runtime::run_bundle(runtime, &base, &id)
+    })();
+    let _ = remove_tree(&base);
+    let code = res?;
+    if code != 0 {
+        bail!("{name} exited with status {code}");
+    }
+    Ok(())
+}
+
+/// Renders just the config for a one-off run (run-once images may have a writable root).
+fn render_slot_lenient(store: &Store, t: &Target<'_>, dir: &Path) -> Result<String> {
+    let exports = dir.join("rootfs/exports");
+    let manifest = ExportsManifest::read(&exports)?;
+    let engine = manifest.engine()?;
+    let exec = runtime::exec_lines(&t.runtime, t.name, ExecMode::Classic, "", false);
+    let values = templates::compute_values(&ValueInputs {
+        name: t.name,
+        destdir: dir,
+        image_name: &t.img.name,
+        image_id: t.img.id(),
+        runtime: &t.runtime,
+        exec: &exec,
+        set: &t.set,
+        defaults: &manifest.defaults(),
+        uuid: None,
+        self_path: "syscont",
+    });
+    let rv = RenderValues {
+        values,
+        json: t.set_json.clone(),
+    };
+    if let Some(c) = read_export(&exports, "config.json")? {
+        return Ok(c);
+    }
+    if let Some(tmpl) = read_export(&exports, "config.json.template")? {
+        return templates::render(engine, &tmpl, "exports/config.json.template", &rv, false);
+    }
+    let process = templates::ImageProcess::from_config(&store.config(t.img)?);
+    templates::default_config(&process, &rv)
+}
+
+/// One row of `containers list`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ContainerRow {
+    pub id: String,
+    pub image: String,
+    pub name: String,
+    pub command: String,
+    pub created: u64,
+    pub state: String,
+    pub backend: String,
+    pub runtime: String,
+}
+
+/// `syscont containers list`.
+pub(crate) fn list(
+    cfg: &StoreConfig,
+    all: bool,
+    json: bool,
+    no_trunc: bool,
+    filters: &[String],
+) -> Result<()> {
+    let deps = Deployments::new(&cfg.checkout_path);
+    let names = deps.names()?;
+    let mut infos = Vec::new();
+    for n in &names {
+        if let Some(s) = deps.active_slot(n) {
+            if let Ok(i) = deps.read_info(n, s) {
+                infos.push((n.clone(), s, i));
+            }
+        }
+    }
+    let units: Vec<String> = infos.iter().map(|(n, _, _)| unit_name(n)).collect();
+    let unit_refs: Vec<&str> = units.iter().map(String::as_str).collect();
+    let states = if unit_refs.is_empty() {
+        Default::default()
+    } else {
+        Systemd::system()?.unit_states(&unit_refs)?
+    };
+    let mut rows = Vec::new();
+    for (n, s, info) in infos {
+        let state = if !info.has_container_service {
+            "no service".to_string()
+        } else {
+            match states.get(&unit_name(&n)) {
+                Some(st) if st.active_state == "active" => "running".into(),
+                Some(st) if st.active_state == "failed" => "failed".into(),
+                Some(st) => st.active_state.clone(),
+                None => "inactive".into(),
+            }
+        };
+        let command = std::fs::read(deps.slot_dir(&n, s).join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.pointer("/process/args").cloned())
+            .and_then(|a| serde_json::from_value::<Vec<String>>(a).ok())
+            .map(|a| a.join(" "))
+            .unwrap_or_default();
+        rows.push(ContainerRow {
+            id: info.revision.clone(),
+            image: if info.syscont.image_name.is_empty() {
+                info.image.clone()
+            } else {
+                info.syscont.image_name.clone()
+            },
+            name: n,
+            command,
+            created: info.created,
+            state,
+            backend: "ostree".into(),
+            runtime: info.runtime.clone(),
+        });
+    }
+    rows.retain(|r| all || r.state == "running");
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid filter {f:?}: expected KEY=VALUE"))?;
+        let v = v.to_lowercase();
+        rows.retain(|r| {
+            let field = match k {
+                "container" | "name" => &r.name,
+                "image" => &r.image,
+                "command" => &r.command,
+                "state" => &r.state,
+                "runtime" => &r.runtime,
+                "backend" => &r.backend,
+                "id" => &r.id,
+                _ => return true,
+            };
+            field.to_lowercase().contains(&v)
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let t = !no_trunc;
+    if output::quiet() {
+        for r in &rows {
+            println!("{}", trunc(&r.name, 10, t));
+        }
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                trunc(&r.id, 12, t),
+                trunc(&r.image, 20, t),
+                trunc(&r.name, 10, t),
+                trunc(&r.command, 10, t),
+                r.created.to_string(),
+                r.state.clone(),
+                r.backend.clone(),
+                trunc(&r.runtime, 10, t),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "CONTAINER ID",
+                "IMAGE",
+                "NAME",
+                "COMMAND",
+                "CREATED",
+                "STATE",
+                "BACKEND",
+                "RUNTIME"
+            ],
+            &table
+        )
+    );
+    Ok(())
+}
+
+/// `syscont run NAME [CMD…]` for an installed container, or `syscont run IMAGE [CMD…]`.
+pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String]) -> Result<()> {
+    let deps = Deployments::new(&cfg.checkout_path);
+    if deploy::validate_name(target).is_ok() && deps.is_installed(target) {
+        let slot = deps.active_slot(target).expect("installed");
+        let info = deps.read_info(target, slot)?;
+        if cmd.is_empty() {
+            Systemd::system()?.start(&unit_name(target), JOB_TIMEOUT)?;
+            return Ok(());
+        }
+        let runtime = PathBuf::from(&info.runtime);
+        if runtime::is_running(&runtime, target) {
+            let code = runtime::exec_in(&runtime, target, cmd)?;
+            if code != 0 {
+                bail!("the command exited with status {code}");
+            }
+            return Ok(());
+        }
+        // Stopped: a one-off run in the deployment, under its own container ID.
+        let dir = deps.slot_dir(target, slot);
+        let id = format!("{target}-run-{}", std::process::id());
+        let bundle = deps.root.join(format!(".{id}"));
+        let _ = remove_tree(&bundle);
+        std::fs::create_dir_all(&bundle)?;
+        let res = (|| -> Result<i32> {
+            let mut config: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+            config["process"]["args"] = serde_json::json!(cmd);
+            use std::io::IsTerminal;
+            config["process"]["terminal"] = serde_json::json!(std::io::stdin().is_terminal());
+            let root = std::fs::canonicalize(dir.join("rootfs"))?;
+            config["root"]["path"] = serde_json::json!(root.display().to_string());
+            fsutil::atomic_write(
+                &bundle.join("config.json"),
+                serde_json::to_string_pretty(&config)?.as_bytes(),
+                0o644,
+            )?;
+            runtime::run_bundle(&runtime, &bundle, &id)
+        })();
+        let _ = remove_tree(&bundle);
+        let code = res?;
+        if code != 0 {
+            bail!("the command exited with status {code}");
+        }
+        return Ok(());
+    }
+    let store = Store::open(cfg)?;
+    let img = image_for(&store, target, None, false)?;
+    let runtime = runtime::resolve(&runtime::default_runtime())?;
+    let name = crate::reference::default_container_name(&img.name);
+    run_once(
+        &store,
+        &img,
+        &name,
+        &parse_set(set)?,
+        &BTreeMap::new(),
+        &runtime,
+        cmd,
+    )
+}
+
+/// `syscont stop NAME`.
+pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
+    deploy::validate_name(name)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    if !deps.is_installed(name) {
+        bail!("container {name} is not installed");
+    }
+    Systemd::system()?.stop(&unit_name(name), JOB_TIMEOUT)
+}
+
+/// Options of `syscont containers update`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UpdateOpts {
+    pub set: Vec<String>,
+    pub set_json: Vec<String>,
+    pub rebase: Option<String>,
+    pub pull: bool,
+    pub no_rollback: bool,
+    pub probation: Duration,
+    pub fetch: Option<crate::cli::FetchOpts>,
+}
+
+/// The outcome of one update, for `update --all`'s summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UpdateOutcome {
+    UpToDate,
+    Updated,
+}
+
+fn journal_tail(unit: &str) -> String {
+    Command::new("journalctl")
+        .args(["-u", unit, "-n", "15", "--no-pager", "-o", "cat"])
+        .output_string()
+        .unwrap_or_default()
+}
+
+/// Restarts the unit on the current files and waits through the probation time.
+fn restart_and_watch(sd: &Systemd, name: &str, probation: Duration) -> Result<()> {
+    let unit = unit_name(name);
+    let _ = sd.reset_failed(&unit);
+    tmpfiles("--create", name)?;
+    sd.start(&unit, JOB_TIMEOUT)?;
+    sd.wait_active(&unit, probation)
+}
+
+/// Makes `slot` the active deployment: host files, units, tmpfiles, symlink. The service
+/// must be stopped by the caller. `from` is the info of the slot being left.
+fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Info) -> Result<()> {
+    let dir = deps.slot_dir(name, slot);
+    // Host files of the target, rendered with the target's own values (Atomic's bug 11).
+    let exports = dir.join("rootfs/exports");
+    let engine = ExportsManifest::read(&exports)?.engine()?;
+    let rv = RenderValues {
+        values: to.values.clone(),
+        json: to.syscont.set_json.clone(),
+    };
+    let render_host = |text: &str, dest: &str| templates::render(engine, text, dest, &rv, false);
+    let plan = hostfs::plan(
+        &exports.join("hostfs"),
+        &to.rename_installed_files,
+        &to.installed_files_template,
+        &render_host,
+    )?;
+    let conflicts = hostfs::conflicts(Path::new("/"), &plan, &from.installed_files_checksum)?;
+    if !conflicts.is_empty() {
+        bail!(
+            "host files changed by hand block the switch of {name}: {}",
+            conflicts.join(", ")
+        );
+    }
+    let kept = hostfs::remove(
+        Path::new("/"),
+        &from.installed_files_checksum,
+        &[],
+        &plan
+            .entries
+            .keys()
+            .filter_map(|k| {
+                from.installed_files_checksum
+                    .get(k)
+                    .map(|c| (k.clone(), c.clone()))
+            })
+            .collect(),
+    );
+    for k in kept {
+        output::status(format!("Will not delete {k} as it was manually modified."));
+    }
+    let installed = hostfs::apply(Path::new("/"), &plan)?;
+    to.installed_files_checksum = installed.checksums;
+    let mut dirs = from.syscont.created_dirs.clone();
+    dirs.extend(installed.created_dirs);
+    dirs.sort();
+    dirs.dedup();
+    to.syscont.created_dirs = dirs;
+    deps.write_info(name, slot, to)?;
+    publish_units(deps, name, slot)?;
+    deps.activate(name, slot)
+}
+
+/// `syscont containers update NAME`.
+pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<UpdateOutcome> {
+    deploy::validate_name(name)?;
+    let store = Store::open(cfg)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    let _lock = deps.lock(name)?;
+    let cur = deps
+        .active_slot(name)
+        .ok_or_else(|| anyhow!("System container '{name}' is not installed"))?;
+    let old = deps.read_info(name, cur)?;
+    let next = 1 - cur;
+    let image_arg = o.rebase.clone().unwrap_or_else(|| old.image.clone());
+    let img = image_for(&store, &image_arg, o.fetch.as_ref(), o.pull)?;
+    let mut set = old.syscont.set_values.clone();
+    let new_set = parse_set(&o.set)?;
+    let mut set_json = old.syscont.set_json.clone();
+    set_json.extend(parse_set_json(&o.set_json)?);
+    let values_changed =
+        new_set.iter().any(|(k, v)| set.get(k) != Some(v)) || set_json != old.syscont.set_json;
+    set.extend(new_set);
+    if img.id() == old.revision && !values_changed {
+        println!("Latest version already installed.");
+        return Ok(UpdateOutcome::UpToDate);
+    }
+    let runtime = PathBuf::from(&old.runtime);
+    let target = Target {
+        name,
+        img: &img,
+        image_arg: &image_arg,
+        runtime,
+        set,
+        set_json,
+        uuid: old.values.get("UUID").cloned(),
+        remote: old.remote.clone(),
+    };
+    // The other slot is rebuilt from scratch (never a union over a stale tree).
+    output::status(format!(
+        "Extracting to {}",
+        deps.slot_dir(name, next).display()
+    ));
+    let rendered = build_slot(&store, &deps, &target, next)?;
+    let mut new_info = rendered.info.clone();
+    new_info.installed_files = rendered.plan.entries.keys().cloned().collect();
+
+    let sd = Systemd::system()?;
+    let unit = unit_name(name);
+    let was_active = old.has_container_service
+        && sd
+            .unit_state(&unit)
+            .map(|s| s.active_state == "active" || s.active_state == "activating")
+            .unwrap_or(false);
+    if was_active {
+        sd.stop(&unit, JOB_TIMEOUT)?;
+    }
+    let _ = tmpfiles("--remove", name);
+    let mut old_info = old.clone();
+    if let Err(e) = switch_to(&deps, name, next, &old, &mut new_info) {
+        // Nothing was committed: put the old slot's files back and restart it.
+        let _ = switch_to(&deps, name, cur, &new_info, &mut old_info);
+        let _ = sd.reload();
+        if was_active {
+            let _ = restart_and_watch(&sd, name, Duration::ZERO);
+        }
+        return Err(e);
+    }
+    sd.reload()?;
+    if !was_active {
+        tmpfiles("--create", name)?;
+        output::status(format!("Updated {name} to {} ({}).", img.name, img.digest));
+        return Ok(UpdateOutcome::Updated);
+    }
+    match restart_and_watch(&sd, name, o.probation) {
+        Ok(()) => {
+            output::status(format!(
+                "Updated {name} to {} ({}); it is running.",
+                img.name, img.digest
+            ));
+            Ok(UpdateOutcome::Updated)
+        }
+        Err(e) if o.no_rollback => Err(e.context(format!(
+            "{name} was updated but does not run; --no-rollback keeps the new version\n{}",
+            journal_tail(&unit)
+        ))),
+        Err(e) => {
+            let journal = journal_tail(&unit);
+            eprintln!("Could not restart {name}.  Attempt automatic rollback");
+            let _ = sd.stop(&unit, JOB_TIMEOUT);
+            let _ = tmpfiles("--remove", name);
+            let mut back = deps.read_info(name, cur)?;
+            let now = deps.read_info(name, next)?;
+            switch_to(&deps, name, cur, &now, &mut back)
+                .context("Rolling back after the failed update")?;
+            sd.reload()?;
+            restart_and_watch(&sd, name, Duration::ZERO)
+                .context("Starting the previous version after the failed update")?;
+            Err(e.context(format!(
+                "the update of {name} failed and was rolled back; the previous version runs again.\nLast journal lines:\n{journal}"
+            )))
+        }
+    }
+}
+
+/// `syscont containers rollback NAME`.
+pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
+    deploy::validate_name(name)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    let _lock = deps.lock(name)?;
+    let cur = deps
+        .active_slot(name)
+        .ok_or_else(|| anyhow!("System container '{name}' is not installed"))?;
+    let other = 1 - cur;
+    let dir = deps.slot_dir(name, other);
+    if !dir.join("info").is_file() {
+        bail!(
+            "Error: Cannot find a previous deployment to rollback located at {}",
+            dir.display()
+        );
+    }
+    println!("Attempting to roll back system container: {name}");
+    let from = deps.read_info(name, cur)?;
+    let mut to = deps.read_info(name, other)?;
+    if to.has_container_service && !dir.join(unit_name(name)).is_file() {
+        bail!(
+            "Error: Cannot find systemd service file for previous version. The previous checkout at {} may be corrupted.",
+            dir.display()
+        );
+    }
+    println!(
+        "Rolling back container {name} to the checkout at {}",
+        dir.display()
+    );
+    let sd = Systemd::system()?;
+    let unit = unit_name(name);
+    let was_active = from.has_container_service
+        && sd
+            .unit_state(&unit)
+            .map(|s| s.active_state == "active" || s.active_state == "activating")
+            .unwrap_or(false);
+    if was_active {
+        sd.stop(&unit, JOB_TIMEOUT)?;
+    }
+    let _ = tmpfiles("--remove", name);
+    switch_to(&deps, name, other, &from, &mut to)?;
+    sd.reload()?;
+    tmpfiles("--create", name)?;
+    if was_active && to.has_container_service {
+        sd.start(&unit, JOB_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+/// `syscont containers update --all`: every container, with automatic rollback, and a
+/// summary table.
+pub(crate) fn update_all(cfg: &StoreConfig, o: &UpdateOpts) -> Result<()> {
+    let deps = Deployments::new(&cfg.checkout_path);
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for name in deps.names()? {
+        let before = deps
+            .active_slot(&name)
+            .and_then(|s| deps.read_info(&name, s).ok())
+            .map(|i| i.revision)
+            .unwrap_or_default();
+        let status = match update(cfg, &name, o) {
+            Ok(UpdateOutcome::UpToDate) => "Not updated".to_string(),
+            Ok(UpdateOutcome::Updated) => "Updated".to_string(),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{name}: {e:#}");
+                "Failed".to_string()
+            }
+        };
+        let after = deps
+            .active_slot(&name)
+            .and_then(|s| deps.read_info(&name, s).ok())
+            .map(|i| i.revision)
+            .unwrap_or_default();
+        rows.push(vec![
+            name,
+            trunc(&before, 12, true),
+            trunc(&after, 12, true),
+            status,
+        ]);
+    }
+    println!("SUMMARY");
+    print!(
+        "{}",
+        output::table(
+            &["Container", "Image ID before", "Image ID after", "Status"],
+            &rows
+        )
+    );
+    if failed > 0 {
+        bail!("{failed} container(s) failed to update");
+    }
+    Ok(())
+}
