@@ -201,30 +201,42 @@ fn import_layer(
     let hex = desc.hex()?.to_string();
     let compression = Compression::from_media_type(&desc.media_type)?;
     let blob = proxy.get_blob(img, &desc.digest, desc.size)?;
-    let (tree, (blob, cdigest, csize, udigest, usize)) =
-        tarimport::import_tar_with(repo, move |sink| {
-            let mut counted = Hashing::new(blob);
-            let (udigest, usize) = {
-                let buffered = BufReader::with_capacity(256 * 1024, &mut counted);
-                let decompressed: Box<dyn Read + Send + '_> = match compression {
-                    Compression::None => Box::new(buffered),
-                    Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-                    Compression::Zstd => Box::new(
-                        zstd::stream::read::Decoder::with_buffer(buffered)
-                            .context("Starting zstd decompression")?,
-                    ),
-                };
-                let mut u = Hashing::new(decompressed);
-                tarimport::parse_layer(&mut u, allow_devices, sink)?;
-                io::copy(&mut u, &mut io::sink()).context("Reading the end of the layer")?;
-                let (_, d, n) = u.finish();
-                (d, n)
+    let imported = tarimport::import_tar_with(repo, move |sink| {
+        let mut counted = Hashing::new(blob);
+        let (udigest, usize) = {
+            let buffered = BufReader::with_capacity(256 * 1024, &mut counted);
+            let decompressed: Box<dyn Read + Send + '_> = match compression {
+                Compression::None => Box::new(buffered),
+                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+                Compression::Zstd => Box::new(
+                    zstd::stream::read::Decoder::with_buffer(buffered)
+                        .context("Starting zstd decompression")?,
+                ),
             };
-            io::copy(&mut counted, &mut io::sink()).context("Reading the end of the blob")?;
-            let (blob, cdigest, csize) = counted.finish();
-            Ok((blob, cdigest, csize, udigest, usize))
-        })
-        .with_context(|| format!("Importing layer {}", desc.digest))?;
+            let mut u = Hashing::new(decompressed);
+            tarimport::parse_layer(&mut u, allow_devices, sink)?;
+            io::copy(&mut u, &mut io::sink()).context("Reading the end of the layer")?;
+            let (_, d, n) = u.finish();
+            (d, n)
+        };
+        io::copy(&mut counted, &mut io::sink()).context("Reading the end of the blob")?;
+        let (blob, cdigest, csize) = counted.finish();
+        Ok((blob, cdigest, csize, udigest, usize))
+    });
+    let (tree, (blob, cdigest, csize, udigest, usize)) = match imported {
+        Ok(v) => v,
+        Err(e) => {
+            let ours = format!("{e:#}");
+            // A stall already waited its full timeout; a refused entry is our own verdict.
+            // Otherwise skopeo's verdict on the blob (reset, truncation, digest) is the cause.
+            if !ours.contains("no data from the registry") && !ours.contains("refusing") {
+                if let Err(sk) = proxy.finish_pending() {
+                    return Err(sk.context(format!("Importing layer {}", desc.digest)));
+                }
+            }
+            return Err(e.context(format!("Importing layer {}", desc.digest)));
+        }
+    };
     proxy
         .finish_blob(blob)
         .with_context(|| format!("Fetching layer {}", desc.digest))?;
@@ -335,11 +347,11 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
     let config_bytes = {
         let mut blob = proxy.get_blob(img, &manifest.config.digest, manifest.config.size)?;
         let mut buf = Vec::new();
-        blob.read_to_end(&mut buf)
-            .with_context(|| format!("Reading config {}", manifest.config.digest))?;
+        let read = blob.read_to_end(&mut buf);
         proxy
             .finish_blob(blob)
             .with_context(|| format!("Fetching config {}", manifest.config.digest))?;
+        read.with_context(|| format!("Reading config {}", manifest.config.digest))?;
         let got = format!("sha256:{}", hex::encode(Sha256::digest(&buf)));
         if got != manifest.config.digest {
             bail!(
