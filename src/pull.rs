@@ -272,7 +272,7 @@ fn import_layer(
             None,
             Some(&metadata_variant(&meta)),
             &tree.root,
-            0,
+            now(),
             gio::Cancellable::NONE,
         )
         .map_err(gerr)
@@ -280,6 +280,13 @@ fn import_layer(
         .to_string();
     repo.transaction_set_ref(None, &format!("{REF_PREFIX}{hex}"), Some(&commit));
     Ok((commit, tree.stats))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Runs `f` inside a transaction on `repo`; aborts it on error.
@@ -613,10 +620,6 @@ fn commit_files(
     let file = file
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow!("write_mtree did not return a repo file"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let commit = repo
         .write_commit_with_time(
             None,
@@ -624,7 +627,7 @@ fn commit_files(
             None,
             Some(&metadata_variant(meta)),
             &file,
-            now,
+            now(),
             gio::Cancellable::NONE,
         )
         .map_err(gerr)?;
