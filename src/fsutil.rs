@@ -86,15 +86,6 @@ impl Lock {
         )
     }
 
-    /// Takes a shared lock (readers), waiting for an exclusive holder.
-    pub(crate) fn shared(path: &Path, what: &str) -> Result<Lock> {
-        Self::take(
-            path,
-            what,
-            rustix::fs::FlockOperation::NonBlockingLockShared,
-        )
-    }
-
     fn take(path: &Path, what: &str, op: rustix::fs::FlockOperation) -> Result<Lock> {
         use rustix::fs::FlockOperation as Op;
         if let Some(p) = path.parent() {

@@ -335,15 +335,14 @@ pub(crate) fn build(o: &BuildOptions) -> Result<BuildResult> {
     let (mut layers_json, mut diff_ids, mut base_cfg) =
         (Vec::new(), Vec::new(), serde_json::json!({}));
     if let Some(from) = &o.from {
-        let src = if from.contains(':')
-            && !from.starts_with("docker://")
-            && from
-                .split(':')
-                .next()
-                .is_some_and(|t| ["oci", "oci-archive", "docker-archive", "dir"].contains(&t))
-        {
-            from.clone()
-        } else if from.starts_with("docker://") {
+        let local = [
+            "oci:",
+            "oci-archive:",
+            "docker-archive:",
+            "dir:",
+            "docker://",
+        ];
+        let src = if local.iter().any(|p| from.starts_with(p)) {
             from.clone()
         } else {
             format!("docker://{from}")

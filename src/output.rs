@@ -1,6 +1,5 @@
 //! Human and machine output: quiet/verbose switches, tables, progress lines.
 
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -25,16 +24,6 @@ pub(crate) fn set_verbose(v: u8) {
 #[allow(dead_code)]
 pub(crate) fn verbose() -> u8 {
     VERBOSE.load(Ordering::Relaxed)
-}
-
-/// Whether stdout is a terminal (tables and progress bars only then).
-pub(crate) fn stdout_is_tty() -> bool {
-    std::io::stdout().is_terminal()
-}
-
-/// Whether stderr is a terminal (progress bars go there).
-pub(crate) fn stderr_is_tty() -> bool {
-    std::io::stderr().is_terminal()
 }
 
 /// Prints a progress or status line unless `-q`.

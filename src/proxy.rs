@@ -90,8 +90,6 @@ pub(crate) struct ImageProxy {
 /// whether skopeo verified the digest and size.
 #[derive(Debug)]
 pub(crate) struct BlobReader {
-    /// The pipe id to pass to `FinishPipe`.
-    pub pipeid: u32,
     pipe: std::fs::File,
     timeout: Duration,
     what: String,
@@ -322,9 +320,8 @@ impl ImageProxy {
         img: OpenedImage,
         what: &str,
     ) -> Result<(serde_json::Value, Vec<u8>)> {
-        let (v, pipeid, file) = self.call_with_pipe(method, vec![img.0.into()], what)?;
+        let (v, _, file) = self.call_with_pipe(method, vec![img.0.into()], what)?;
         let mut r = BlobReader {
-            pipeid,
             pipe: file,
             timeout: self.timeout,
             what: what.to_string(),
@@ -362,7 +359,7 @@ impl ImageProxy {
         size: u64,
     ) -> Result<BlobReader> {
         let what = format!("blob {digest}");
-        let (_, pipeid, pipe) = self
+        let (_, _, pipe) = self
             .call_with_pipe(
                 "GetBlob",
                 vec![img.0.into(), digest.into(), size.into()],
@@ -370,7 +367,6 @@ impl ImageProxy {
             )
             .with_context(|| format!("Fetching blob {digest}"))?;
         Ok(BlobReader {
-            pipeid,
             pipe,
             timeout: self.timeout,
             what,
@@ -381,12 +377,6 @@ impl ImageProxy {
     pub(crate) fn finish_blob(&mut self, blob: BlobReader) -> Result<()> {
         drop(blob.pipe);
         self.finish_pending()
-    }
-
-    /// `CloseImage`.
-    pub(crate) fn close_image(&mut self, img: OpenedImage) -> Result<()> {
-        self.call("CloseImage", vec![img.0.into()])?;
-        Ok(())
     }
 }
 
@@ -515,7 +505,6 @@ mod tests {
         blob.read_to_end(&mut got).unwrap();
         assert_eq!(got, layer);
         p.finish_blob(blob).unwrap();
-        p.close_image(img).unwrap();
     }
 
     #[test]

@@ -328,6 +328,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
     let name = store_name(&r)?;
     let sources = sources(&r, fetch)?;
     let (mut proxy, img, src) = open_first(fetch, &sources)?;
+    tracing::debug!("skopeo image proxy protocol {}", proxy.protocol_version());
     let (digest, manifest_bytes) = proxy
         .fetch_manifest(img)
         .with_context(|| format!("Fetching the manifest of {}", src.skopeo_ref))?;

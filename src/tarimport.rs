@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 /// `S_IFMT` and friends, as OSTree stores them in modes.
-pub(crate) const S_IFMT: u32 = 0o170000;
 pub(crate) const S_IFDIR: u32 = 0o040000;
 pub(crate) const S_IFREG: u32 = 0o100000;
 pub(crate) const S_IFLNK: u32 = 0o120000;
