@@ -345,7 +345,6 @@ impl ImageProxy {
     }
 
     /// `GetFullConfig`: the image config as OCI JSON.
-    #[allow(dead_code)]
     pub(crate) fn fetch_config(&mut self, img: OpenedImage) -> Result<Vec<u8>> {
         Ok(self.read_pipe("GetFullConfig", img, "the image config")?.1)
     }

@@ -120,7 +120,8 @@ fn proxy_config(fetch: &FetchOpts, src: &Source) -> ProxyConfig {
         authfile: fetch.authfile.clone(),
         tls_verify: src.tls_verify,
         arch: fetch.arch.clone(),
-        registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(Into::into),
+        // skopeo reads $CONTAINERS_REGISTRIES_CONF itself.
+        registries_conf: None,
         timeout: Duration::from_secs(fetch.timeout.max(1)),
     }
 }
@@ -181,6 +182,20 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// The compression the first bytes of a stream show, if they show one.
+fn sniff_compression(head: &[u8]) -> Option<Compression> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some(Compression::Gzip)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(Compression::Zstd)
+    } else if head.len() >= 4 {
+        // Neither magic: an uncompressed tar (the tar parser validates the rest).
+        Some(Compression::None)
+    } else {
+        None
+    }
+}
+
 /// One layer to fetch.
 #[derive(Debug, Clone)]
 struct LayerJob {
@@ -204,7 +219,13 @@ fn import_layer(
     let imported = tarimport::import_tar_with(repo, move |sink| {
         let mut counted = Hashing::new(blob);
         let (udigest, usize) = {
-            let buffered = BufReader::with_capacity(256 * 1024, &mut counted);
+            // Trust the bytes over the media type: docker-archive sources declare gzip for
+            // layers they store uncompressed.
+            let mut head = Vec::with_capacity(8);
+            (&mut counted).take(8).read_to_end(&mut head)?;
+            let compression = sniff_compression(&head).unwrap_or(compression);
+            let buffered =
+                BufReader::with_capacity(256 * 1024, io::Cursor::new(head).chain(&mut counted));
             let decompressed: Box<dyn Read + Send + '_> = match compression {
                 Compression::None => Box::new(buffered),
                 Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
@@ -231,7 +252,10 @@ fn import_layer(
             // Otherwise skopeo's verdict on the blob (reset, truncation, digest) is the cause.
             if !ours.contains("no data from the registry") && !ours.contains("refusing") {
                 if let Err(sk) = proxy.finish_pending() {
-                    return Err(sk.context(format!("Importing layer {}", desc.digest)));
+                    // A broken pipe only says that we stopped reading.
+                    if !format!("{sk:#}").contains("broken pipe") {
+                        return Err(sk.context(format!("Importing layer {}", desc.digest)));
+                    }
                 }
             }
             return Err(e.context(format!("Importing layer {}", desc.digest)));
@@ -351,23 +375,17 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
         }
     }
 
-    // The config: its blob as stored by the registry (digest-verified).
-    let config_bytes = {
-        let mut blob = proxy.get_blob(img, &manifest.config.digest, manifest.config.size)?;
-        let mut buf = Vec::new();
-        let read = blob.read_to_end(&mut buf);
-        proxy
-            .finish_blob(blob)
-            .with_context(|| format!("Fetching config {}", manifest.config.digest))?;
-        read.with_context(|| format!("Reading config {}", manifest.config.digest))?;
-        let got = format!("sha256:{}", hex::encode(Sha256::digest(&buf)));
-        if got != manifest.config.digest {
-            bail!(
-                "config {} is corrupt: it hashes to {got}",
-                manifest.config.digest
-            );
+    // The config: its blob as stored at the source (digest-verified). When skopeo converted
+    // the manifest (docker-archive, schema 2 sources) the converted config exists only as
+    // skopeo's GetFullConfig.
+    let config_bytes = match fetch_config_blob(&mut proxy, img, &manifest.config) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!("config blob not available ({e:#}); asking for the converted config");
+            proxy
+                .fetch_config(img)
+                .with_context(|| format!("Fetching the config of {}", src.skopeo_ref))?
         }
-        buf
     };
     let config: serde_json::Value =
         serde_json::from_slice(&config_bytes).context("The image config is not valid JSON")?;
@@ -453,6 +471,26 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
     })?;
     output::status(format!("Pulled {name} ({digest})."));
     Ok(PullResult { name, digest })
+}
+
+/// Fetches a config blob and checks its digest.
+fn fetch_config_blob(
+    proxy: &mut ImageProxy,
+    img: OpenedImage,
+    desc: &Descriptor,
+) -> Result<Vec<u8>> {
+    let mut blob = proxy.get_blob(img, &desc.digest, desc.size)?;
+    let mut buf = Vec::new();
+    let read = blob.read_to_end(&mut buf);
+    proxy
+        .finish_blob(blob)
+        .with_context(|| format!("Fetching config {}", desc.digest))?;
+    read.with_context(|| format!("Reading config {}", desc.digest))?;
+    let got = format!("sha256:{}", hex::encode(Sha256::digest(&buf)));
+    if got != desc.digest {
+        bail!("config {} is corrupt: it hashes to {got}", desc.digest);
+    }
+    Ok(buf)
 }
 
 /// Gives a recompressed blob its own ref, sharing the tree of an existing layer.

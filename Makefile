@@ -1,0 +1,36 @@
+# syscont: `make demo` runs the main job end to end, `make test` runs every test.
+# Both install the Debian packages they need (as root) first.
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all deps build release test lint unit demo bench clean
+
+all: build
+
+deps:
+	./packaging/deps.sh
+
+build: deps
+	$(CARGO) build --all-targets
+
+release: deps
+	$(CARGO) build --release
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Unit tests, then the integration tests (real registry, real skopeo, real systemd and
+# runc in a private namespace). Tests that need root fail loudly without it.
+test: deps lint
+	$(CARGO) test --all-targets -- --test-threads=2
+
+demo: release
+	./demo/demo.sh
+
+bench: release
+	./bench/run.sh
+
+clean:
+	$(CARGO) clean
