@@ -30,14 +30,14 @@ fn source_tree(root: &Path) {
     .unwrap();
     std::fs::write(root.join("etc/owned"), "mine\n").unwrap();
     rustix::fs::chown(
-        &root.join("etc/owned"),
+        root.join("etc/owned"),
         Some(rustix::process::Uid::from_raw(1234)),
         Some(rustix::process::Gid::from_raw(5678)),
     )
     .unwrap();
     std::fs::write(root.join("etc/xattr"), "x\n").unwrap();
     rustix::fs::setxattr(
-        &root.join("etc/xattr"),
+        root.join("etc/xattr"),
         "user.syscont-test",
         b"value",
         rustix::fs::XattrFlags::empty(),
@@ -269,7 +269,13 @@ fn layers_whiteouts_opaque_dirs_and_compressions() {
     assert!(log.contains("up to date"), "{log}");
     // Docker schema 2 manifests too.
     let layout = sc.dir.path().join("v2s2");
-    write_layout(&layout, "1", &[base.clone()], Compression::Gzip, &[]);
+    write_layout(
+        &layout,
+        "1",
+        std::slice::from_ref(&base),
+        Compression::Gzip,
+        &[],
+    );
     push(
         &layout,
         "1",
@@ -292,7 +298,7 @@ fn recompressed_layers_are_not_fetched_again() {
     let t = tar_of(&[Entry::file("a", &"z".repeat(5000))]);
     let l1 = sc.dir.path().join("gz");
     let l2 = sc.dir.path().join("zst");
-    write_layout(&l1, "1", &[t.clone()], Compression::Gzip, &[]);
+    write_layout(&l1, "1", std::slice::from_ref(&t), Compression::Gzip, &[]);
     write_layout(&l2, "1", &[t], Compression::Zstd, &[]);
     push(&l1, "1", &format!("{}/gz:1", reg.addr()), &[]);
     push(&l2, "1", &format!("{}/zst:1", reg.addr()), &[]);
