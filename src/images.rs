@@ -475,6 +475,69 @@ pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path) -> Result<()>
     Ok(())
 }
 
+/// The template variables an image's `/exports/*.template` files use, split as Atomic's
+/// `images info` split them: with a default (manifest `defaultValues` and the values the OS
+/// provides) and without one (they must be given with `--set`).
+fn template_variables(
+    store: &Store,
+    img: &ImageRecord,
+) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
+    const FORCED: &[&str] = &[
+        "DESTDIR",
+        "NAME",
+        "EXEC_START",
+        "EXEC_STOP",
+        "EXEC_STARTPRE",
+        "EXEC_STOPPOST",
+        "HOST_UID",
+        "HOST_GID",
+        "IMAGE_NAME",
+        "IMAGE_ID",
+        "RUNTIME",
+        "ATOMIC",
+    ];
+    const SET_BY_OS: &[&str] = &[
+        "RUN_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CONF_DIRECTORY",
+        "UUID",
+        "PIDFILE",
+        "ALL_PROCESS_CAPABILITIES",
+    ];
+    let mut with_default: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(m) = store.read_file(&img.commit, "rootfs/exports/manifest.json")? {
+        let v: serde_json::Value = serde_json::from_slice(&m)
+            .with_context(|| format!("Invalid manifest.json file in image: {}", img.name))?;
+        if let Some(d) = v.get("defaultValues").and_then(|d| d.as_object()) {
+            for (k, v) in d {
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                with_default.insert(k.clone(), s);
+            }
+        }
+    }
+    for k in SET_BY_OS {
+        with_default.insert(k.to_string(), "{SET_BY_OS}".into());
+    }
+    let mut without = BTreeSet::new();
+    for f in [
+        "config.json.template",
+        "service.template",
+        "tmpfiles.template",
+    ] {
+        if let Some(t) = store.read_file(&img.commit, &format!("rootfs/exports/{f}"))? {
+            for v in crate::dollar::variables(&String::from_utf8_lossy(&t)) {
+                if !FORCED.contains(&v.as_str()) && !with_default.contains_key(&v) {
+                    without.insert(v);
+                }
+            }
+        }
+    }
+    Ok((with_default, without))
+}
+
 /// `syscont images info`.
 pub(crate) fn info(cfg: &StoreConfig, image: &str) -> Result<()> {
     let store = Store::open(cfg)?;
@@ -485,6 +548,19 @@ pub(crate) fn info(cfg: &StoreConfig, image: &str) -> Result<()> {
         let sorted: BTreeMap<_, _> = labels.iter().collect();
         for (k, v) in sorted {
             println!("{k}: {}", v.as_str().unwrap_or_default());
+        }
+    }
+    let (with_default, without) = template_variables(&store, &img)?;
+    println!();
+    println!("Template variables with default value, but overridable with --set:");
+    for (k, v) in &with_default {
+        println!("{k}: {v}");
+    }
+    if !without.is_empty() {
+        println!();
+        println!("Template variables that has no default value, and must be set with --set:");
+        for k in &without {
+            println!("{k}: {{DEF_VALUE}}");
         }
     }
     Ok(())

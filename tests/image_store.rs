@@ -87,6 +87,11 @@ fn round_trip_build_push_pull_checkout() {
         r#"{"defaultValues": {"PORT": "8081"}}"#,
     )
     .unwrap();
+    std::fs::write(
+        exports.join("config.json.template"),
+        "{\"a\": \"$PORT $VAR_WITH_NO_DEFAULT ${NAME} $$ $RUN_DIRECTORY\"}",
+    )
+    .unwrap();
     build_and_push(&sc, &reg, &src, Some(&exports), "rt:1");
     let image = format!("docker://{}/rt:1", reg.addr());
     let out = sc.ok(&["pull", "--tls-verify=false", &image]);
@@ -187,6 +192,18 @@ fn round_trip_build_push_pull_checkout() {
     );
     let info = sc.ok(&["images", "info", &image]);
     assert!(info.contains("atomic.type: system"), "{info}");
+    assert!(
+        info.contains("Template variables with default value, but overridable with --set:"),
+        "{info}"
+    );
+    assert!(info.contains("PORT: 8081"), "{info}");
+    assert!(info.contains("RUN_DIRECTORY: {SET_BY_OS}"), "{info}");
+    assert!(
+        info.contains("Template variables that has no default value, and must be set with --set:"),
+        "{info}"
+    );
+    assert!(info.contains("VAR_WITH_NO_DEFAULT: {DEF_VALUE}"), "{info}");
+    assert!(!info.contains("NAME: {DEF_VALUE}"), "{info}");
     let inspect: serde_json::Value =
         serde_json::from_str(&sc.ok(&["images", "inspect", "--json", &image])).unwrap();
     assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
