@@ -1,10 +1,113 @@
-//! Placeholder with the agreed API until the real D-Bus client lands.
-#![allow(dead_code)]
-use anyhow::{bail, Result};
-use std::collections::HashMap;
-use std::time::Duration;
+//! systemd over D-Bus (zbus, blocking): reload, enable, start and stop with job results,
+//! and unit states. syscont never runs `systemctl` for these.
 
-#[derive(Debug, Clone, Default)]
+use anyhow::{anyhow, Context, Result};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use zbus::zvariant::OwnedObjectPath;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_async = false,
+    blocking_name = "ManagerProxy"
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn reload(&self) -> zbus::Result<()>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_names(
+        &self,
+        names: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1",
+    gen_async = false,
+    blocking_name = "UnitProxy"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn load_state(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1",
+    gen_async = false,
+    blocking_name = "ServiceProxy"
+)]
+trait Service {
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+}
+
+/// A systemd job that did not end in `done`, or a unit that did not stay up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UnitError {
+    #[error("{verb} {unit} failed (result: {result}); see `journalctl -u {unit}`")]
+    JobFailed {
+        verb: &'static str,
+        unit: String,
+        result: String,
+    },
+    #[error("{unit} did not stay active: it is {state} ({sub}, result: {result}); see `journalctl -u {unit}`")]
+    NotActive {
+        unit: String,
+        state: String,
+        sub: String,
+        result: String,
+    },
+}
+
+/// A unit's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct UnitState {
     pub active_state: String,
     pub sub_state: String,
@@ -13,38 +116,254 @@ pub(crate) struct UnitState {
     pub main_pid: u32,
 }
 
+/// One connection to systemd, kept for the life of the process.
 #[derive(Debug)]
-pub(crate) struct Systemd {}
+pub(crate) struct Systemd {
+    conn: zbus::blocking::Connection,
+    subscribed: std::sync::atomic::AtomicBool,
+}
+
+fn is_no_such_unit(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _)
+        if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit")
+}
+
+fn dbus_err(e: zbus::Error) -> anyhow::Error {
+    match &e {
+        zbus::Error::MethodError(name, Some(msg), _) => anyhow!("{msg} ({name})"),
+        _ => anyhow!("{e}"),
+    }
+}
 
 impl Systemd {
+    /// Connects to the system bus (`$DBUS_SYSTEM_BUS_ADDRESS` or the standard socket).
     pub(crate) fn system() -> Result<Systemd> {
-        bail!("systemd is not reachable over D-Bus")
+        let conn = zbus::blocking::Connection::system().map_err(|e| {
+            anyhow!(
+                "systemd is not reachable over D-Bus ({e}); syscont needs systemd as init \
+                 and the system bus (check `busctl status` and /run/dbus/system_bus_socket)"
+            )
+        })?;
+        Ok(Systemd {
+            conn,
+            subscribed: std::sync::atomic::AtomicBool::new(false),
+        })
     }
+
+    fn manager(&self) -> Result<ManagerProxy<'_>> {
+        ManagerProxy::builder(&self.conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .map_err(dbus_err)
+    }
+
+    /// `Reload` (daemon-reload).
     pub(crate) fn reload(&self) -> Result<()> {
+        self.manager()?
+            .reload()
+            .map_err(dbus_err)
+            .context("Reloading systemd")
+    }
+
+    /// `EnableUnitFiles`.
+    pub(crate) fn enable(&self, units: &[&str]) -> Result<()> {
+        self.manager()?
+            .enable_unit_files(units, false, true)
+            .map_err(dbus_err)
+            .with_context(|| format!("Enabling {}", units.join(", ")))?;
         Ok(())
     }
-    pub(crate) fn enable(&self, _u: &[&str]) -> Result<()> {
+
+    /// `DisableUnitFiles`.
+    pub(crate) fn disable(&self, units: &[&str]) -> Result<()> {
+        self.manager()?
+            .disable_unit_files(units, false)
+            .map_err(dbus_err)
+            .with_context(|| format!("Disabling {}", units.join(", ")))?;
         Ok(())
     }
-    pub(crate) fn disable(&self, _u: &[&str]) -> Result<()> {
+
+    /// Runs a job method and waits for its `JobRemoved` signal.
+    fn job(
+        &self,
+        verb: &'static str,
+        unit: &str,
+        timeout: Duration,
+        call: impl FnOnce(&ManagerProxy<'_>) -> zbus::Result<OwnedObjectPath>,
+    ) -> Result<()> {
+        let m = self.manager()?;
+        // Job signals are sent to subscribed clients; subscribe once per connection.
+        if !self
+            .subscribed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            match m.subscribe() {
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+                r => r.map_err(dbus_err)?,
+            }
+        }
+        // Listen before calling, so the signal cannot be missed.
+        let signals = m.receive_job_removed().map_err(dbus_err)?;
+        let job = match call(&m) {
+            Ok(j) => j,
+            Err(e) if verb == "stopping" && is_no_such_unit(&e) => return Ok(()),
+            Err(e) => return Err(dbus_err(e)).with_context(|| format!("{verb} {unit}")),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let want = job.clone();
+        std::thread::spawn(move || {
+            for s in signals {
+                if let Ok(a) = s.args() {
+                    if *a.job() == want {
+                        let _ = tx.send(a.result().to_string());
+                        return;
+                    }
+                }
+            }
+        });
+        let result = rx.recv_timeout(timeout).map_err(|_| {
+            anyhow!(
+                "{verb} {unit} did not finish within {} s",
+                timeout.as_secs()
+            )
+        })?;
+        if result != "done" {
+            return Err(UnitError::JobFailed {
+                verb,
+                unit: unit.to_string(),
+                result,
+            }
+            .into());
+        }
         Ok(())
     }
-    pub(crate) fn start(&self, _u: &str, _t: Duration) -> Result<()> {
-        Ok(())
+
+    /// Starts a unit and waits for the job's result.
+    pub(crate) fn start(&self, unit: &str, timeout: Duration) -> Result<()> {
+        self.job("starting", unit, timeout, |m| m.start_unit(unit, "replace"))
     }
-    pub(crate) fn stop(&self, _u: &str, _t: Duration) -> Result<()> {
-        Ok(())
+
+    /// Stops a unit and waits; a unit systemd does not know is already stopped.
+    pub(crate) fn stop(&self, unit: &str, timeout: Duration) -> Result<()> {
+        self.job("stopping", unit, timeout, |m| m.stop_unit(unit, "replace"))
     }
-    pub(crate) fn unit_state(&self, _u: &str) -> Result<UnitState> {
-        Ok(UnitState::default())
+
+    /// `ResetFailedUnit`; a unit systemd does not know has nothing to reset.
+    pub(crate) fn reset_failed(&self, unit: &str) -> Result<()> {
+        match self.manager()?.reset_failed_unit(unit) {
+            Err(e) if !is_no_such_unit(&e) => Err(dbus_err(e)),
+            _ => Ok(()),
+        }
     }
-    pub(crate) fn unit_states(&self, _u: &[&str]) -> Result<HashMap<String, UnitState>> {
-        Ok(HashMap::new())
+
+    /// The state of one unit (loading it if needed).
+    pub(crate) fn unit_state(&self, unit: &str) -> Result<UnitState> {
+        let path = self
+            .manager()?
+            .load_unit(unit)
+            .map_err(dbus_err)
+            .with_context(|| format!("Loading {unit}"))?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path.clone())
+            .map_err(dbus_err)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .map_err(dbus_err)?;
+        let s = ServiceProxy::builder(&self.conn)
+            .path(path)
+            .map_err(dbus_err)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .map_err(dbus_err)?;
+        Ok(UnitState {
+            active_state: u.active_state().map_err(dbus_err)?,
+            sub_state: u.sub_state().map_err(dbus_err)?,
+            load_state: u.load_state().map_err(dbus_err)?,
+            result: s.result().unwrap_or_default(),
+            main_pid: s.main_pid().unwrap_or(0),
+        })
     }
-    pub(crate) fn wait_active(&self, _u: &str, _p: Duration) -> Result<()> {
-        Ok(())
+
+    /// The states of many units with one `ListUnitsByNames` call.
+    pub(crate) fn unit_states(&self, units: &[&str]) -> Result<HashMap<String, UnitState>> {
+        let list = self
+            .manager()?
+            .list_units_by_names(units)
+            .map_err(dbus_err)
+            .context("Listing units")?;
+        Ok(list
+            .into_iter()
+            .map(|(name, _, load, active, sub, ..)| {
+                (
+                    name,
+                    UnitState {
+                        active_state: active,
+                        sub_state: sub,
+                        load_state: load,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect())
     }
-    pub(crate) fn reset_failed(&self, _u: &str) -> Result<()> {
-        Ok(())
+
+    /// Watches a started unit for `probation`: it must stay active the whole time.
+    pub(crate) fn wait_active(&self, unit: &str, probation: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let st = self.unit_state(unit)?;
+            if st.active_state != "active" && st.active_state != "reloading" {
+                return Err(UnitError::NotActive {
+                    unit: unit.to_string(),
+                    state: st.active_state,
+                    sub: st.sub_state,
+                    result: st.result,
+                }
+                .into());
+            }
+            if start.elapsed() >= probation {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200).min(probation));
+        }
+    }
+}
+
+/// `true` when `e` is a failed job or a unit that did not stay active.
+#[allow(dead_code)]
+pub(crate) fn is_unit_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<UnitError>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_unit_and_the_journal() {
+        let e = UnitError::JobFailed {
+            verb: "starting",
+            unit: "etcd.service".into(),
+            result: "failed".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "starting etcd.service failed (result: failed); see `journalctl -u etcd.service`"
+        );
+    }
+
+    #[test]
+    fn no_bus_is_a_clear_error() {
+        // A bus address that cannot exist.
+        std::env::set_var(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/nonexistent/syscont-bus",
+        );
+        let e = Systemd::system().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not reachable over D-Bus"),
+            "{e:#}"
+        );
     }
 }

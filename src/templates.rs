@@ -56,15 +56,30 @@ const CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// Every capability the running kernel knows, in Atomic's format: `"CAP_A",\n"CAP_B"\n`,
-/// ready to sit inside a JSON array.
+/// Every capability this process may grant, in Atomic's format: `"CAP_A",\n"CAP_B"\n`,
+/// ready to sit inside a JSON array. Atomic listed all capabilities the kernel knows, which
+/// fails where the caller's bounding set is smaller (a container cannot get more than its
+/// parent has); the bounding set is the list that always works.
 pub(crate) fn all_process_capabilities() -> String {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())
         .unwrap_or(CAPS.len() - 1)
         .min(CAPS.len() - 1);
-    let quoted: Vec<String> = CAPS[..=last].iter().map(|c| format!("\"{c}\"")).collect();
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    let quoted: Vec<String> = CAPS[..=last]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bounding & (1u64 << i) != 0)
+        .map(|(_, c)| format!("\"{c}\""))
+        .collect();
     format!("{}\n", quoted.join(",\n"))
 }
 

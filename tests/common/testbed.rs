@@ -1,0 +1,153 @@
+//! A real systemd, booted as PID 1 of a private PID and mount namespace over an overlay of
+//! the machine's root. Nothing is written to the machine's files: every change lands in the
+//! overlay's upper directory on a tmpfs. The namespace shares the host's network, so a
+//! registry on 127.0.0.1 is reachable from inside.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const INIT: &str = r#"set -e
+mount --make-rprivate /
+R=$(mktemp -d /run/syscont-testbed.XXXXXX)
+mount -t tmpfs -o size=2g tmpfs "$R"
+mkdir -p "$R/upper" "$R/work" "$R/merged"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$R/upper,workdir=$R/work" "$R/merged"
+mount --rbind /dev "$R/merged/dev"
+mkdir -p "$R/merged/.oldroot"
+cd "$R/merged"
+pivot_root . .oldroot
+exec /lib/systemd/systemd --system --unit=multi-user.target </dev/null >/dev/null 2>&1
+"#;
+
+/// A booted systemd; killed (with everything in its namespace) on drop.
+pub struct Testbed {
+    unshare: Child,
+    pid: u32,
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+impl Testbed {
+    /// Boots systemd and waits until it reports `running` (or `degraded`).
+    pub fn boot() -> Testbed {
+        super::require_root();
+        for tool in ["/usr/bin/unshare", "/usr/bin/nsenter", "/lib/systemd/systemd"] {
+            assert!(Path::new(tool).exists(), "{tool} is missing: run `make test`");
+        }
+        let unshare = Command::new("setsid")
+            .args(["unshare", "--pid", "--mount", "--fork", "sh", "-c", INIT])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting unshare");
+        let start = Instant::now();
+        // setsid may fork: find unshare, then its child (PID 1 inside).
+        let pid = loop {
+            assert!(start.elapsed() < Duration::from_secs(30), "the testbed did not start");
+            let mut cands = vec![unshare.id()];
+            cands.extend(children_of(unshare.id()));
+            let found = cands.iter().flat_map(|p| children_of(*p)).find(|c| {
+                std::fs::read_link(format!("/proc/{c}/exe"))
+                    .map(|e| e.ends_with("systemd"))
+                    .unwrap_or(false)
+            });
+            if let Some(p) = found {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let tb = Testbed { unshare, pid };
+        let out = tb.exec(&["systemctl", "is-system-running", "--wait"]);
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if state != "running" {
+            let failed = tb.exec(&["systemctl", "--failed", "--no-legend"]);
+            eprintln!(
+                "testbed systemd is {state:?}; failed units:\n{}",
+                String::from_utf8_lossy(&failed.stdout)
+            );
+            assert!(state == "degraded", "the testbed's systemd did not come up: {state:?}");
+        }
+        tb
+    }
+
+    /// The host PID of the testbed's PID 1.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn nsenter(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t").arg(self.pid.to_string()).args(["-m", "-p", "--"]);
+        c.env_remove("DBUS_SYSTEM_BUS_ADDRESS");
+        c
+    }
+
+    /// Runs a command inside.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.nsenter().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs a shell script inside.
+    pub fn sh(&self, script: &str) -> Output {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// Runs a shell script inside; panics with its output unless it succeeds.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let o = self.sh(script);
+        assert!(
+            o.status.success(),
+            "in the testbed: {script}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Copies a host file or directory into the testbed at `inside` (a directory).
+    pub fn copy_in(&self, host: &Path, inside: &str) {
+        let parent = host.parent().unwrap_or(Path::new("/"));
+        let name = host.file_name().unwrap();
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(parent)
+            .arg("-cf")
+            .arg("-")
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(tar.status.success());
+        let mut child = self
+            .nsenter()
+            .args(["sh", "-c", &format!("mkdir -p '{inside}' && tar -C '{inside}' -xf -")])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
+    /// The path of a file inside, as seen from the host (through /proc).
+    pub fn host_path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{inside}", self.pid))
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).status();
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
