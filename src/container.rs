@@ -900,7 +900,7 @@ pub(crate) fn list(
                 trunc(&r.image, 20, t),
                 trunc(&r.name, 10, t),
                 trunc(&r.command, 10, t),
-                r.created.to_string(),
+                crate::output::date(r.created),
                 r.state.clone(),
                 r.backend.clone(),
                 trunc(&r.runtime, 10, t),

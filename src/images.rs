@@ -24,13 +24,7 @@ fn repo_and_tag(name: &str) -> (String, String) {
 }
 
 fn created_string(secs: u64) -> String {
-    let out = std::process::Command::new("date")
-        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => secs.to_string(),
-    }
+    crate::output::date(secs)
 }
 
 /// Images used by installed containers: their IDs, from each deployment's `info`.

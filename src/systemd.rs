@@ -6,6 +6,22 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use zbus::zvariant::OwnedObjectPath;
 
+/// `(type, file, destination)` changes reported by `EnableUnitFiles`/`DisableUnitFiles`.
+type Changes = Vec<(String, String, String)>;
+/// One row of `ListUnitsByNames`.
+type UnitRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -24,32 +40,11 @@ trait Manager {
         files: &[&str],
         runtime: bool,
         force: bool,
-    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
-    fn disable_unit_files(
-        &self,
-        files: &[&str],
-        runtime: bool,
-    ) -> zbus::Result<Vec<(String, String, String)>>;
+    ) -> zbus::Result<(bool, Changes)>;
+    fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Changes>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    #[allow(clippy::type_complexity)]
-    fn list_units_by_names(
-        &self,
-        names: &[&str],
-    ) -> zbus::Result<
-        Vec<(
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OwnedObjectPath,
-            u32,
-            String,
-            OwnedObjectPath,
-        )>,
-    >;
+    fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<UnitRow>>;
     #[zbus(signal)]
     fn job_removed(
         &self,
