@@ -1044,12 +1044,24 @@ fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Inf
         json: to.syscont.set_json.clone(),
     };
     let render_host = |text: &str, dest: &str| templates::render(engine, text, dest, &rv, false);
-    let plan = hostfs::plan(
+    let mut plan = hostfs::plan(
         &exports.join("hostfs"),
         &to.rename_installed_files,
         &to.installed_files_template,
         &render_host,
     )?;
+    // As Atomic: a host file the operator changed stays as it is; the new version is not
+    // installed and the file is no longer tracked. Unlike Atomic, say so.
+    // Ours is what either deployment installed (a rollback's target recorded its own files).
+    let mut ours = to.installed_files_checksum.clone();
+    ours.extend(from.installed_files_checksum.clone());
+    let modified = hostfs::modified_by_hand(Path::new("/"), &plan, &ours);
+    for path in &modified {
+        output::status(format!(
+            "Will not overwrite {path} as it was manually modified; the new version is not installed and the file is no longer tracked."
+        ));
+        plan.entries.remove(path);
+    }
     let conflicts = hostfs::conflicts(Path::new("/"), &plan, &from.installed_files_checksum)?;
     if !conflicts.is_empty() {
         bail!(
@@ -1071,7 +1083,7 @@ fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Inf
             })
             .collect(),
     );
-    for k in kept {
+    for k in kept.iter().filter(|k| !modified.contains(k)) {
         output::status(format!("Will not delete {k} as it was manually modified."));
     }
     let installed = hostfs::apply(Path::new("/"), &plan)?;

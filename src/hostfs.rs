@@ -208,6 +208,30 @@ pub(crate) fn conflicts(
     Ok(out)
 }
 
+/// Paths of the plan that we installed earlier (tracked in `owned`) and that were changed
+/// by hand since. An update keeps them as they are and does not install the new version.
+pub(crate) fn modified_by_hand(
+    root: &Path,
+    plan: &Plan,
+    owned: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (dest, planned) in &plan.entries {
+        let (Some(recorded), false) = (owned.get(dest), matches!(planned, Planned::Dir { .. }))
+        else {
+            continue;
+        };
+        let p = under(root, dest);
+        if p.symlink_metadata().is_err() || same_as_planned(&p, planned) {
+            continue;
+        }
+        if checksum_of(&p).as_deref() != Some(recorded.as_str()) {
+            out.push(dest.clone());
+        }
+    }
+    out
+}
+
 /// What was installed: checksums per path and directories created.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Installed {

@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 
 const INIT: &str = r#"set -e
 mount --make-rprivate /
-R=$(mktemp -d /run/syscont-testbed.XXXXXX)
+R=/mnt
 mount -t tmpfs -o size=2g tmpfs "$R"
 mkdir -p "$R/upper" "$R/work" "$R/merged"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$R/upper,workdir=$R/work" "$R/merged"
 mount --rbind /dev "$R/merged/dev"
 mkdir -p "$R/merged/.oldroot"
+# Only the vendor's units boot: services this machine enabled (registries, databases,
+# timers) would start in every testbed and keep it from settling.
+rm -rf "$R"/merged/etc/systemd/system/*.wants "$R"/merged/etc/systemd/system/*.requires
 cd "$R/merged"
 pivot_root . .oldroot
 exec /lib/systemd/systemd --system --unit=multi-user.target </dev/null >/dev/null 2>&1
@@ -40,11 +43,27 @@ impl Testbed {
     /// Boots systemd and waits until it reports `running` (or `degraded`).
     pub fn boot() -> Testbed {
         super::require_root();
-        for tool in ["/usr/bin/unshare", "/usr/bin/nsenter", "/lib/systemd/systemd"] {
-            assert!(Path::new(tool).exists(), "{tool} is missing: run `make test`");
+        for tool in [
+            "/usr/bin/unshare",
+            "/usr/bin/nsenter",
+            "/lib/systemd/systemd",
+        ] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: run `make test`"
+            );
         }
         let unshare = Command::new("setsid")
-            .args(["unshare", "--pid", "--mount", "--fork", "sh", "-c", INIT])
+            .args([
+                "unshare",
+                "--pid",
+                "--mount",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                INIT,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -53,7 +72,10 @@ impl Testbed {
         let start = Instant::now();
         // setsid may fork: find unshare, then its child (PID 1 inside).
         let pid = loop {
-            assert!(start.elapsed() < Duration::from_secs(30), "the testbed did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the testbed did not start"
+            );
             let mut cands = vec![unshare.id()];
             cands.extend(children_of(unshare.id()));
             let found = cands.iter().flat_map(|p| children_of(*p)).find(|c| {
@@ -67,15 +89,38 @@ impl Testbed {
             std::thread::sleep(Duration::from_millis(50));
         };
         let tb = Testbed { unshare, pid };
-        let out = tb.exec(&["systemctl", "is-system-running", "--wait"]);
-        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if state != "running" {
+        // systemctl needs systemd's private socket, which appears a moment after exec.
+        let sock = tb.host_path("/run/systemd/private");
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the testbed's systemd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Poll rather than `--wait`: a unit that never settles must fail the test, not hang it.
+        let state = loop {
+            let out = tb.exec(&["systemctl", "is-system-running"]);
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            match state.as_str() {
+                "running" | "degraded" => break state,
+                _ if start.elapsed() > Duration::from_secs(120) => {
+                    let jobs = tb.exec(&["systemctl", "list-jobs", "--no-legend"]);
+                    panic!(
+                        "the testbed's systemd did not settle in 120 s (state {state:?}, {}); jobs:\n{}",
+                        String::from_utf8_lossy(&out.stderr).trim(),
+                        String::from_utf8_lossy(&jobs.stdout)
+                    );
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        if state == "degraded" {
             let failed = tb.exec(&["systemctl", "--failed", "--no-legend"]);
             eprintln!(
-                "testbed systemd is {state:?}; failed units:\n{}",
+                "note: the testbed's systemd is degraded; failed units:\n{}",
                 String::from_utf8_lossy(&failed.stdout)
             );
-            assert!(state == "degraded", "the testbed's systemd did not come up: {state:?}");
         }
         tb
     }
@@ -85,16 +130,29 @@ impl Testbed {
         self.pid
     }
 
+    /// A command that will run inside.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = self.nsenter();
+        c.args(args).stdin(Stdio::null());
+        c
+    }
+
     fn nsenter(&self) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg("-t").arg(self.pid.to_string()).args(["-m", "-p", "--"]);
+        c.arg("-t")
+            .arg(self.pid.to_string())
+            .args(["-m", "-p", "--"]);
         c.env_remove("DBUS_SYSTEM_BUS_ADDRESS");
         c
     }
 
     /// Runs a command inside.
     pub fn exec(&self, args: &[&str]) -> Output {
-        self.nsenter().args(args).stdin(Stdio::null()).output().unwrap()
+        self.nsenter()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// Runs a shell script inside.
@@ -129,7 +187,11 @@ impl Testbed {
         assert!(tar.status.success());
         let mut child = self
             .nsenter()
-            .args(["sh", "-c", &format!("mkdir -p '{inside}' && tar -C '{inside}' -xf -")])
+            .args([
+                "sh",
+                "-c",
+                &format!("mkdir -p '{inside}' && tar -C '{inside}' -xf -"),
+            ])
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
@@ -146,7 +208,9 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
     }

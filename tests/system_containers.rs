@@ -1,0 +1,732 @@
+//! System containers end to end: a real systemd (PID 1 of a private namespace), a real
+//! registry on 127.0.0.1, real runc. Images are built with `syscont build`. These are
+//! Atomic's integration checks, ported, plus the failure cases Atomic got wrong.
+
+mod common;
+#[path = "common/testbed.rs"]
+mod testbed;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use testbed::Testbed;
+
+const BIN: &str = env!("CARGO_BIN_EXE_syscont");
+const CHECKOUT: &str = "/var/lib/containers/atomic";
+/// A value with spaces and a dash, like the `sha256sum` output Atomic's tests used.
+const SECRET: &str = "0123456789abcdef  -";
+
+/// The registry, the images and a booted testbed.
+struct World {
+    reg: Registry,
+    tb: Testbed,
+    _work: tempfile::TempDir,
+}
+
+fn write(p: &Path, s: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, s).unwrap();
+}
+
+fn busybox_rootfs(root: &Path, run_sh: &str) {
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in ["sh", "echo", "cat", "sleep", "httpd", "mkdir", "ls", "wget"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    write(&root.join("usr/bin/run.sh"), run_sh);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        root.join("usr/bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+const RUN_HTTPD: &str = "#!/bin/sh\ntrap 'exit 0' TERM\nmkdir -p /run/www\necho \"Hi $RECEIVER from $NAME\" > /run/www/index.html\nhttpd -f -p \"$PORT\" -h /run/www &\nwait\n";
+
+const CONFIG_TEMPLATE: &str = r#"{
+    "ociVersion": "1.0.2",
+    "process": {
+        "terminal": false,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/usr/bin/run.sh"],
+        "env": ["PATH=/bin:/usr/bin", "PORT=$PORT", "RECEIVER=$RECEIVER", "NAME=$NAME", "UUID=$UUID"$EXTRA_ENV],
+        "cwd": "/",
+        "capabilities": {
+            "bounding": [${ALL_PROCESS_CAPABILITIES}],
+            "effective": [${ALL_PROCESS_CAPABILITIES}],
+            "permitted": [${ALL_PROCESS_CAPABILITIES}]
+        },
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": true
+    },
+    "root": {"path": "rootfs", "readonly": true},
+    "hostname": "$NAME",
+    "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+        {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
+        {"destination": "/var/run/$NAME", "type": "bind", "source": "${RUN_DIRECTORY}/${NAME}", "options": ["rbind", "rw"]}
+    ],
+    "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
+}"#;
+
+const PIDFILE_SERVICE: &str = "[Unit]\nDescription=$NAME\n\n[Service]\nExecStartPre=$EXEC_STARTPRE\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nExecStopPost=$EXEC_STOPPOST\nRestart=on-failure\nWorkingDirectory=$DESTDIR\nPIDFile=$PIDFILE\n\n[Install]\nWantedBy=multi-user.target\n";
+
+const CLASSIC_SERVICE: &str = "[Unit]\nDescription=$NAME\n\n[Service]\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nWorkingDirectory=$DESTDIR\n\n[Install]\nWantedBy=multi-user.target\n";
+
+/// Builds an image with `syscont build` and pushes it.
+fn image(
+    work: &Path,
+    reg: &Registry,
+    name: &str,
+    run_sh: &str,
+    exports: &[(&str, &str)],
+    labels: &[&str],
+) {
+    let dir = work.join(name.replace(':', "_"));
+    busybox_rootfs(&dir.join("rootfs"), run_sh);
+    for (p, c) in exports {
+        if p.ends_with('/') {
+            std::fs::create_dir_all(dir.join("exports").join(p)).unwrap();
+        } else {
+            write(&dir.join("exports").join(p), c);
+        }
+    }
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        "--rootfs".into(),
+        dir.join("rootfs").display().to_string(),
+        "--tag".into(),
+        name.into(),
+        "--push".into(),
+        format!("docker://{}/{name}", reg.addr()),
+        "--tls-verify=false".into(),
+    ];
+    if !exports.is_empty() {
+        args.push("--exports".into());
+        args.push(dir.join("exports").display().to_string());
+    }
+    for l in labels {
+        args.push("--label".into());
+        args.push(l.to_string());
+    }
+    let out = std::process::Command::new(BIN)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl World {
+    fn new() -> World {
+        require_root();
+        let reg = Registry::start();
+        let work = tempfile::tempdir_in("/var/tmp").unwrap();
+        let w = work.path();
+        let sys_config = CONFIG_TEMPLATE.replace("$EXTRA_ENV", "");
+        let manifest =
+            r#"{"version": "1.0", "defaultValues": {"PORT": "8081", "RECEIVER": "World"}}"#;
+        let tmpfiles = "d    ${RUN_DIRECTORY}/${NAME}   0700 ${HOST_UID} ${HOST_GID} - -\n";
+        image(
+            w,
+            &reg,
+            "test-system:latest",
+            RUN_HTTPD,
+            &[
+                ("config.json.template", &sys_config),
+                ("service.template", PIDFILE_SERVICE),
+                ("tmpfiles.template", tmpfiles),
+                ("manifest.json", manifest),
+            ],
+            &[],
+        );
+        let upd_config = CONFIG_TEMPLATE.replace("$EXTRA_ENV", ", \"EXTRA=$VAR_WITH_NO_DEFAULT\"");
+        image(
+            w,
+            &reg,
+            "test-system-update:latest",
+            RUN_HTTPD,
+            &[
+                ("config.json.template", &upd_config),
+                ("service.template", CLASSIC_SERVICE),
+                (
+                    "manifest.json",
+                    r#"{"version": "1.0", "defaultValues": {"PORT": "8082", "RECEIVER": "World"}}"#,
+                ),
+            ],
+            &["atomic.type=system"],
+        );
+        image(
+            w,
+            &reg,
+            "test-system-crash:latest",
+            "#!/bin/sh\necho crashing on purpose >&2\nexit 3\n",
+            &[
+                ("config.json.template", &sys_config),
+                ("service.template", PIDFILE_SERVICE),
+                ("manifest.json", manifest),
+            ],
+            &[],
+        );
+        // A run-once container has no tmpfiles, so nothing makes its run directory.
+        let runonce_config = sys_config
+            .replace("\"readonly\": true", "\"readonly\": false")
+            .replace(",\n        {\"destination\": \"/var/run/$NAME\", \"type\": \"bind\", \"source\": \"${RUN_DIRECTORY}/${NAME}\", \"options\": [\"rbind\", \"rw\"]}", "");
+        assert!(!runonce_config.contains("/var/run/$NAME"));
+        image(
+            w,
+            &reg,
+            "test-runonce:latest",
+            "#!/bin/sh\necho \"HI $RECEIVER from $NAME\"\n",
+            &[
+                ("config.json.template", &runonce_config),
+                ("manifest.json", manifest),
+            ],
+            &["atomic.run=once", "atomic.type=system"],
+        );
+        image(
+            w,
+            &reg,
+            "test-system-hostfs:latest",
+            RUN_HTTPD,
+            &[
+                ("config.json.template", &sys_config),
+                ("service.template", PIDFILE_SERVICE),
+                (
+                    "manifest.json",
+                    r#"{"version": "1.0", "defaultValues": {"PORT": "8083", "RECEIVER": "World"},
+                "renameFiles": {"/usr/local/lib/placeholder-file": "/usr/local/lib/renamed-$NAME"},
+                "installedFilesTemplate": ["/usr/local/lib/secret-message-template"], "useLinks": false}"#,
+                ),
+                ("hostfs/usr/local/lib/secret-message", "$RECEIVER\n"),
+                (
+                    "hostfs/usr/local/lib/secret-message-template",
+                    "$RECEIVER\n",
+                ),
+                ("hostfs/usr/local/lib/placeholder-file", "placeholder\n"),
+                ("hostfs/usr/local/placeholder-lib/", ""),
+            ],
+            &[],
+        );
+        let tb = Testbed::boot();
+        tb.sh_ok(&format!(
+            "mkdir -p /etc/containers && printf 'unqualified-search-registries = [\"{0}\"]\\n[[registry]]\\nlocation = \"{0}\"\\ninsecure = true\\n' > /etc/containers/registries.conf",
+            reg.addr()
+        ));
+        World {
+            reg,
+            tb,
+            _work: work,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.tb
+            .command(&[&[BIN][..], args].concat())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "syscont {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        let t = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!o.status.success(), "syscont {args:?} succeeded:\n{t}");
+        t
+    }
+
+    /// A path inside the testbed, seen from the host.
+    fn path(&self, inside: &str) -> PathBuf {
+        self.tb.host_path(inside)
+    }
+
+    /// Reads a file inside the testbed. Read in there, because the deployment symlinks are
+    /// absolute, as Atomic made them, and would resolve against the host's root from here.
+    fn read(&self, inside: &str) -> String {
+        let o = self.tb.exec(&["cat", "--", inside]);
+        assert!(
+            o.status.success(),
+            "{inside}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.tb
+                .sh_ok(&format!("ls -la {CHECKOUT} {CHECKOUT}/*/ || true"))
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn exists(&self, inside: &str) -> bool {
+        self.tb
+            .exec(&["sh", "-c", "test -e \"$0\" || test -L \"$0\"", inside])
+            .status
+            .success()
+    }
+
+    fn systemctl(&self, args: &str) -> String {
+        let o = self.tb.sh(&format!("systemctl {args}"));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+
+    fn http(&self, port: u16) -> String {
+        for _ in 0..50 {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let _ = write!(s, "GET / HTTP/1.0\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.contains("200") {
+                    return out;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("nothing answers on port {port}");
+    }
+}
+
+#[test]
+fn install_run_update_rollback_uninstall() {
+    let w = World::new();
+    let name = "test-system-container";
+    let set = format!("RECEIVER={SECRET}");
+    // 6.1.1: install writes everything, and does not start the service.
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        name,
+        "--set",
+        &set,
+        "test-system",
+    ]);
+    for f in [
+        format!("/etc/tmpfiles.d/{name}.conf"),
+        format!("/etc/systemd/system/{name}.service"),
+        format!("{CHECKOUT}/{name}.0/{name}.service"),
+        format!("{CHECKOUT}/{name}.0/tmpfiles-{name}.conf"),
+        format!("{CHECKOUT}/{name}.0/config.json"),
+        format!("{CHECKOUT}/{name}.0/info"),
+    ] {
+        assert!(w.exists(&f), "{f} is missing");
+    }
+    assert!(w
+        .systemctl(&format!("is-enabled {name}"))
+        .contains("enabled"));
+    assert!(w
+        .systemctl(&format!("is-active {name}"))
+        .contains("inactive"));
+    // 6.1.3: --set value and manifest default reach config.json.
+    let config = w.read(&format!("{CHECKOUT}/{name}.0/config.json"));
+    assert!(
+        config.contains(SECRET) && config.contains("8081"),
+        "{config}"
+    );
+    // The tmpfiles snippet was applied.
+    assert!(w.exists(&format!("/run/{name}")));
+    // 6.1.7: installing again says so and succeeds.
+    let again = w.ok(&["install", "--system", "--name", name, "test-system"]);
+    assert!(again.contains("already present"), "{again}");
+
+    // 6.6.2: a command in the stopped container runs in its deployment.
+    let out = w.ok(&["run", name, "echo", "hello world"]);
+    assert!(out.contains("hello world"), "{out}");
+    // 6.6.3–4: started over D-Bus, it really runs and answers.
+    w.ok(&["run", name]);
+    assert!(w
+        .systemctl(&format!("status {name}"))
+        .contains("Active: active (running)"));
+    assert!(w.http(8081).contains(&format!("Hi {SECRET} from {name}")));
+    let out = w.ok(&["run", name, "cat", "/run/www/index.html"]);
+    assert!(out.contains(SECRET), "{out}");
+    // 6.6.6–7: containers list.
+    let list = w.ok(&["containers", "list"]);
+    assert!(
+        list.contains("running") && list.contains("ostree") && list.contains("/usr/bin/r"),
+        "{list}"
+    );
+    assert!(w.ok(&["containers", "list", "--no-trunc"]).contains(name));
+    let json: serde_json::Value =
+        serde_json::from_str(&w.ok(&["containers", "list", "--json"])).unwrap();
+    assert_eq!(json[0]["name"], name);
+    assert_eq!(json[0]["state"], "running");
+    assert!(w
+        .ok(&["containers", "list", "-f", "image=test-system"])
+        .contains("test-system"));
+    assert!(!w.ok(&["-q", "containers", "list"]).contains("CONTAINER ID"));
+    assert!(!w
+        .ok(&[
+            "containers",
+            "list",
+            "-a",
+            "--no-trunc",
+            "-f",
+            "container=non-existing"
+        ])
+        .contains(name));
+    // 6.6.8–9: stop and start through syscont.
+    w.ok(&["stop", name]);
+    let all = w.ok(&["containers", "list", "--all", "--no-trunc"]);
+    assert!(
+        all.lines()
+            .any(|l| l.contains(name) && l.contains("inactive")),
+        "{all}"
+    );
+    w.ok(&["run", name]);
+
+    // 6.6.10: nothing changed.
+    assert!(w
+        .ok(&["containers", "update", name])
+        .contains("Latest version already installed."));
+    // 6.6.11: --set goes to the other slot, keeps install-time values and the UUID.
+    w.ok(&[
+        "containers",
+        "update",
+        "--set=PORT=8082",
+        "--probation",
+        "2",
+        name,
+    ]);
+    let link = std::fs::read_link(w.path(&format!("{CHECKOUT}/{name}"))).unwrap();
+    assert!(
+        link.to_string_lossy().ends_with(&format!("{name}.1")),
+        "{link:?}"
+    );
+    let c1 = w.read(&format!("{CHECKOUT}/{name}.1/config.json"));
+    assert!(c1.contains(SECRET) && c1.contains("8082"), "{c1}");
+    let uuid = |slot: u8| {
+        let info: serde_json::Value =
+            serde_json::from_str(&w.read(&format!("{CHECKOUT}/{name}.{slot}/info"))).unwrap();
+        info["values"]["UUID"].as_str().unwrap().to_string()
+    };
+    assert_eq!(uuid(0), uuid(1));
+    assert_eq!(uuid(0).len(), 36);
+    // The running service was restarted on the new values.
+    assert!(w.http(8082).contains(SECRET));
+    // 6.6.13–14: rollback flips back and restarts a running service.
+    w.ok(&["containers", "rollback", name]);
+    let link = std::fs::read_link(w.path(&format!("{CHECKOUT}/{name}"))).unwrap();
+    assert!(link.to_string_lossy().ends_with(&format!("{name}.0")));
+    assert!(w
+        .read(&format!("{CHECKOUT}/{name}/config.json"))
+        .contains("8081"));
+    assert!(w.http(8081).contains(SECRET));
+    w.ok(&["containers", "rollback", name]);
+    assert!(w.systemctl(&format!("is-active {name}")).contains("active"));
+    // 6.6.15: the next update reuses the free slot, from scratch.
+    w.ok(&[
+        "containers",
+        "update",
+        "--set",
+        "PORT=8083",
+        "--probation",
+        "1",
+        name,
+    ]);
+    let link = std::fs::read_link(w.path(&format!("{CHECKOUT}/{name}"))).unwrap();
+    assert!(link.to_string_lossy().ends_with(&format!("{name}.0")));
+    // 6.6.18: a rebase to an image that needs a value fails and changes nothing.
+    let e = w.fails(&[
+        "containers",
+        "update",
+        "--rebase",
+        "test-system-update",
+        name,
+    ]);
+    assert!(
+        e.contains("unreplaced value for: ''VAR_WITH_NO_DEFAULT''"),
+        "{e}"
+    );
+    assert!(std::fs::read_link(w.path(&format!("{CHECKOUT}/{name}")))
+        .unwrap()
+        .to_string_lossy()
+        .ends_with(".0"));
+    assert!(w.systemctl(&format!("is-active {name}")).contains("active"));
+    // 6.6.19: with the value it works.
+    w.ok(&[
+        "containers",
+        "update",
+        "--rebase",
+        "test-system-update",
+        "--set",
+        "VAR_WITH_NO_DEFAULT=manual",
+        "--probation",
+        "1",
+        name,
+    ]);
+    assert!(w
+        .read(&format!("{CHECKOUT}/{name}/config.json"))
+        .contains("manual"));
+    // 6.6.20: rollback restores the previous values.
+    w.ok(&["containers", "rollback", name]);
+    let c = w.read(&format!("{CHECKOUT}/{name}/config.json"));
+    assert!(c.contains(SECRET) && c.contains("8083"), "{c}");
+
+    // 6.1.4–5: a remote rootfs container; uninstalling it leaves the source alone.
+    let remote = format!("{name}-remote");
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        &remote,
+        "--rootfs",
+        &format!("{CHECKOUT}/{name}.0"),
+        "--set",
+        "PORT=8090",
+        "test-system",
+    ]);
+    assert!(
+        std::fs::symlink_metadata(w.path(&format!("{CHECKOUT}/{remote}.0/rootfs")))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    w.ok(&["uninstall", &remote]);
+    assert!(w.exists(&format!("{CHECKOUT}/{name}.0/rootfs/usr/bin/run.sh")));
+    assert!(
+        !w.exists(&format!("{CHECKOUT}/{remote}.0"))
+            && !w.exists(&format!("/etc/systemd/system/{remote}.service"))
+    );
+
+    // 6.1.6: uninstall removes everything.
+    w.ok(&["uninstall", name]);
+    for f in [
+        format!("/etc/systemd/system/{name}.service"),
+        format!("/etc/tmpfiles.d/{name}.conf"),
+        format!("{CHECKOUT}/{name}"),
+        format!("{CHECKOUT}/{name}.0"),
+        format!("{CHECKOUT}/{name}.1"),
+    ] {
+        assert!(!w.exists(&f), "{f} is still there");
+    }
+    let e = w.fails(&["uninstall", name]);
+    assert!(e.contains("not installed"), "{e}");
+    // 6.1.15: names ending in .0 work.
+    w.ok(&["install", "--system", "--name=container.0", "test-system"]);
+    w.ok(&["uninstall", "container.0"]);
+    assert!(!w.exists(&format!("{CHECKOUT}/container.0.0")));
+    drop(w.reg);
+}
+
+#[test]
+fn a_crashing_update_is_rolled_back() {
+    let w = World::new();
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        "web",
+        "--set",
+        "PORT=8091",
+        "--start",
+        "test-system",
+    ]);
+    assert!(w.http(8091).contains("from web"));
+    let e = w.fails(&[
+        "containers",
+        "update",
+        "--rebase",
+        "test-system-crash",
+        "--probation",
+        "3",
+        "web",
+    ]);
+    assert!(e.contains("rolled back"), "{e}");
+    assert!(e.contains("journal"), "{e}");
+    let link = std::fs::read_link(w.path(&format!("{CHECKOUT}/web"))).unwrap();
+    assert!(link.to_string_lossy().ends_with("web.0"), "{link:?}");
+    assert!(w.systemctl("is-active web").contains("active"));
+    assert!(w.http(8091).contains("from web"));
+    // --no-rollback keeps the broken version.
+    let e = w.fails(&[
+        "containers",
+        "update",
+        "--rebase",
+        "test-system-crash",
+        "--probation",
+        "3",
+        "--no-rollback",
+        "web",
+    ]);
+    assert!(e.contains("--no-rollback"), "{e}");
+    assert!(std::fs::read_link(w.path(&format!("{CHECKOUT}/web")))
+        .unwrap()
+        .to_string_lossy()
+        .ends_with("web.1"));
+    w.ok(&["uninstall", "web"]);
+}
+
+#[test]
+fn values_templates_and_names() {
+    let w = World::new();
+    // 6.1.8–9: a variable without a default fails and leaves nothing behind.
+    let e = w.fails(&["install", "--system", "--name", "upd", "test-system-update"]);
+    assert!(
+        e.contains("unreplaced value for: ''VAR_WITH_NO_DEFAULT''"),
+        "{e}"
+    );
+    assert!(
+        !w.exists("/etc/systemd/system/upd.service") && !w.exists(&format!("{CHECKOUT}/upd.0"))
+    );
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        "upd",
+        "--set",
+        "VAR_WITH_NO_DEFAULT=secret-new",
+        "test-system-update",
+    ]);
+    assert!(w
+        .read(&format!("{CHECKOUT}/upd.0/config.json"))
+        .contains("secret-new"));
+    w.ok(&["uninstall", "upd"]);
+    // A value that would add a line to the unit is refused; nothing is written.
+    let e = w.fails(&[
+        "install",
+        "--system",
+        "--name",
+        "inj2",
+        "--set",
+        "PORT=1\nExecStartPre=/bin/evil",
+        "test-system-update",
+        "--set",
+        "VAR_WITH_NO_DEFAULT=x",
+    ]);
+    assert!(
+        e.contains("injection") || e.contains("control character"),
+        "{e}"
+    );
+    assert!(!w.exists("/etc/systemd/system/inj2.service"));
+    // Invalid names.
+    for bad in ["../x", "a/b", "a'b", "-x", "x y"] {
+        let e = w.fails(&[
+            "install",
+            "--system",
+            &format!("--name={bad}"),
+            "test-system",
+        ]);
+        assert!(e.contains("invalid container name"), "{bad}: {e}");
+    }
+    // A runtime that does not exist.
+    let e = w.fails(&[
+        "install",
+        "--system",
+        "--name",
+        "rt",
+        "--runtime",
+        "/does/not/exist",
+        "test-system",
+    ]);
+    assert!(e.contains("is not installed"), "{e}");
+    // 6.1.12–14: run-once images run in the foreground and leave nothing installed.
+    let out = w.ok(&[
+        "install",
+        "--system",
+        "--name=Saturn",
+        "--set",
+        "RECEIVER=Pluto",
+        "test-runonce",
+    ]);
+    assert!(out.contains("HI Pluto from Saturn"), "{out}");
+    let out = w.ok(&[
+        "run",
+        "--set",
+        "RECEIVER=Pluto",
+        "test-runonce",
+        "echo",
+        "Hello",
+        "World",
+    ]);
+    assert!(out.contains("Hello World"), "{out}");
+    assert!(
+        !w.exists("/etc/systemd/system/Saturn.service")
+            && !w.exists(&format!("{CHECKOUT}/Saturn"))
+            && !w.exists(&format!("{CHECKOUT}/Saturn.0"))
+    );
+}
+
+#[test]
+fn host_files() {
+    let w = World::new();
+    let name = "test-system-hostfs";
+    w.ok(&[
+        "install",
+        "--system",
+        "--set",
+        "RECEIVER=Venus",
+        "test-system-hostfs",
+    ]);
+    // 6.5.3: plain files are copied as they are, templates are rendered.
+    assert_eq!(w.read("/usr/local/lib/secret-message"), "$RECEIVER\n");
+    assert_eq!(w.read("/usr/local/lib/secret-message-template"), "Venus\n");
+    assert!(w.exists(&format!("/usr/local/lib/renamed-{name}")));
+    assert!(w.exists("/usr/local/placeholder-lib"));
+    // 6.5.10: useLinks=false means copies (and syscont never hardlinks into the store).
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(w.path(&format!("/usr/local/lib/renamed-{name}")))
+            .unwrap()
+            .nlink(),
+        1
+    );
+    // A second container with the same host files conflicts, and says which.
+    let e = w.fails(&[
+        "install",
+        "--system",
+        "--name",
+        "other",
+        "--set",
+        "RECEIVER=Mars",
+        "test-system-hostfs",
+    ]);
+    assert!(e.contains("/usr/local/lib/secret-message-template"), "{e}");
+    assert!(!w.exists("/etc/systemd/system/other.service"));
+    // 6.5.11: a file the user changed survives an update and the uninstall.
+    std::fs::write(w.path("/usr/local/lib/secret-message"), "user text\n").unwrap();
+    let out = w.ok(&["containers", "update", "--set", "RECEIVER=Jupiter", name]);
+    assert!(
+        out.contains(
+            "Will not overwrite /usr/local/lib/secret-message as it was manually modified"
+        ),
+        "{out}"
+    );
+    assert_eq!(w.read("/usr/local/lib/secret-message"), "user text\n");
+    assert_eq!(
+        w.read("/usr/local/lib/secret-message-template"),
+        "Jupiter\n"
+    );
+    // Rollback renders the old slot's host files with the old slot's values.
+    w.ok(&["containers", "rollback", name]);
+    assert_eq!(w.read("/usr/local/lib/secret-message-template"), "Venus\n");
+    // 6.5.9: uninstall removes unmodified files and the directories it made.
+    w.ok(&["uninstall", name]);
+    assert!(!w.exists("/usr/local/placeholder-lib"));
+    assert!(!w.exists(&format!("/usr/local/lib/renamed-{name}")));
+    assert!(!w.exists("/usr/local/lib/secret-message-template"));
+    assert_eq!(w.read("/usr/local/lib/secret-message"), "user text\n");
+}
