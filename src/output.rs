@@ -33,6 +33,34 @@ pub(crate) fn status(msg: impl AsRef<str>) {
     }
 }
 
+/// Progress bars for a pull, on a terminal only (and not with `-q`); otherwise `None`, and
+/// callers print one plain line per finished step instead.
+pub(crate) fn progress() -> Option<indicatif::MultiProgress> {
+    use std::io::IsTerminal;
+    if quiet() || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(indicatif::MultiProgress::new())
+}
+
+/// A byte-count bar under `multi` for one blob.
+pub(crate) fn blob_bar(
+    multi: &indicatif::MultiProgress,
+    label: String,
+    total: u64,
+) -> indicatif::ProgressBar {
+    let bar = multi.add(indicatif::ProgressBar::new(total));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(label);
+    bar
+}
+
 /// Renders rows as aligned columns under `headers`.
 pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -149,11 +149,12 @@ fn open_first(fetch: &FetchOpts, sources: &[Source]) -> Result<(ImageProxy, Open
     )
 }
 
-/// A reader that hashes and counts what passes through it.
+/// A reader that hashes and counts what passes through it, and moves a progress bar.
 struct Hashing<R> {
     inner: R,
     hash: Sha256,
     count: u64,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl<R: Read> Hashing<R> {
@@ -162,6 +163,7 @@ impl<R: Read> Hashing<R> {
             inner,
             hash: Sha256::new(),
             count: 0,
+            bar: None,
         }
     }
     fn finish(self) -> (R, String, u64) {
@@ -178,6 +180,9 @@ impl<R: Read> Read for Hashing<R> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
         self.count += n as u64;
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        }
         Ok(n)
     }
 }
@@ -211,6 +216,7 @@ fn import_layer(
     repo: &ostree::Repo,
     job: &LayerJob,
     allow_devices: bool,
+    bar: Option<indicatif::ProgressBar>,
 ) -> Result<(String, ImportStats)> {
     let desc = &job.desc;
     let hex = desc.hex()?.to_string();
@@ -218,6 +224,7 @@ fn import_layer(
     let blob = proxy.get_blob(img, &desc.digest, desc.size)?;
     let imported = tarimport::import_tar_with(repo, move |sink| {
         let mut counted = Hashing::new(blob);
+        counted.bar = bar;
         let (udigest, usize) = {
             // Trust the bytes over the media type: docker-archive sources declare gzip for
             // layers they store uncompressed.
@@ -556,6 +563,14 @@ fn fetch_layers(
     let allow_devices = !store.user_mode;
     let first = Mutex::new(Some((first_proxy, first_img)));
     let repo_path = store.repo_path.clone();
+    let multi = output::progress();
+    // Lines go above the bars while they are drawn.
+    let say = |line: String| match &multi {
+        Some(m) => {
+            let _ = m.println(line);
+        }
+        None => output::status(line),
+    };
     let results: Vec<Result<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -578,11 +593,19 @@ fn fetch_layers(
                             return Ok(());
                         };
                         let start = Instant::now();
-                        let res = in_transaction(&repo, || {
-                            import_layer(&mut proxy, img, &repo, &job, allow_devices)
+                        let bar = multi.as_ref().map(|m| {
+                            let short = job.desc.hex().unwrap_or_default();
+                            let label = format!("#{} {}", job.index + 1, &short[..short.len().min(12)]);
+                            output::blob_bar(m, label, job.desc.size)
                         });
+                        let res = in_transaction(&repo, || {
+                            import_layer(&mut proxy, img, &repo, &job, allow_devices, bar.clone())
+                        });
+                        if let Some(bar) = &bar {
+                            bar.finish_and_clear();
+                        }
                         match res {
-                            Ok((_, stats)) => output::status(format!(
+                            Ok((_, stats)) => say(format!(
                                 "Layer {} ({}, #{}) done in {:.2} s: {} entries, {} new objects, {} reused.",
                                 job.desc.digest,
                                 human_size(job.desc.size),
