@@ -416,6 +416,97 @@ pub(crate) struct TreeWriter<'r> {
     devices: Vec<DeviceNode>,
     large: Option<(Vec<String>, ostree::ContentWriter)>,
     stats: ImportStats,
+    pool: ObjectPool,
+}
+
+/// One small file for the object writers: its checksum is known, so the tree can refer to
+/// it at once while the bytes are written on another thread.
+struct ObjectJob {
+    csum: String,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    xattrs: Option<glib::Variant>,
+    data: Vec<u8>,
+}
+
+/// Threads that write small file objects into the repo's open transaction. libostree
+/// writes content objects from several threads itself (its pull does), and each thread
+/// holds its own reference to the repo.
+struct ObjectPool {
+    tx: Option<std::sync::mpsc::SyncSender<ObjectJob>>,
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl ObjectPool {
+    fn new(repo: &ostree::Repo) -> ObjectPool {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ObjectJob>(64);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let threads = (0..n)
+            .map(|_| {
+                let repo = repo.clone();
+                let rx = rx.clone();
+                std::thread::spawn(move || -> Result<()> {
+                    loop {
+                        let job = match rx.lock().expect("not poisoned").recv() {
+                            Ok(job) => job,
+                            Err(_) => return Ok(()),
+                        };
+                        repo.write_regfile_inline(
+                            Some(&job.csum),
+                            job.uid,
+                            job.gid,
+                            job.mode,
+                            job.xattrs.as_ref(),
+                            &job.data,
+                            gio::Cancellable::NONE,
+                        )
+                        .map_err(gerr)
+                        .with_context(|| format!("Writing object {}", job.csum))?;
+                    }
+                })
+            })
+            .collect();
+        ObjectPool {
+            tx: Some(tx),
+            threads,
+        }
+    }
+
+    /// Queues a write; fails with the writer's own error when a writer has stopped.
+    fn send(&mut self, job: ObjectJob) -> Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(job).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        self.finish()?;
+        bail!("the object writers stopped")
+    }
+
+    /// Waits until every queued object is written.
+    fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("an object writer panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for ObjectPool {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 impl std::fmt::Debug for TreeWriter<'_> {
@@ -455,6 +546,7 @@ impl<'r> TreeWriter<'r> {
             devices: Vec::new(),
             large: None,
             stats: ImportStats::default(),
+            pool: ObjectPool::new(repo),
         };
         let m = w.dirmeta_checksum(&Meta::default_dir())?;
         w.root.set_metadata_checksum(&m);
@@ -530,24 +622,20 @@ impl<'r> TreeWriter<'r> {
         Ok(have)
     }
 
-    fn write_small(&mut self, meta: &Meta, data: &[u8]) -> Result<String> {
-        let csum = content_checksum(meta, None, data);
+    fn write_small(&mut self, meta: &Meta, data: Vec<u8>) -> Result<String> {
+        let csum = content_checksum(meta, None, &data);
         if self.have_object(&csum)? {
             self.stats.objects_reused += 1;
             return Ok(csum);
         }
-        let xattrs = (!meta.xattrs.is_empty()).then(|| meta.xattrs_variant());
-        self.repo
-            .write_regfile_inline(
-                Some(&csum),
-                meta.uid,
-                meta.gid,
-                meta.mode,
-                xattrs.as_ref(),
-                data,
-                gio::Cancellable::NONE,
-            )
-            .map_err(gerr)?;
+        self.pool.send(ObjectJob {
+            csum: csum.clone(),
+            uid: meta.uid,
+            gid: meta.gid,
+            mode: meta.mode,
+            xattrs: (!meta.xattrs.is_empty()).then(|| meta.xattrs_variant()),
+            data,
+        })?;
         self.known.insert(csum.clone());
         self.stats.objects_written += 1;
         Ok(csum)
@@ -608,7 +696,7 @@ impl<'r> TreeWriter<'r> {
                 complete,
             } => {
                 if complete {
-                    let csum = self.write_small(&meta, &data)?;
+                    let csum = self.write_small(&meta, data)?;
                     self.place_file(&path, &csum)?;
                     self.files.insert(path, csum);
                 } else {
@@ -664,7 +752,7 @@ impl<'r> TreeWriter<'r> {
                     mode: S_IFREG | 0o600,
                     xattrs: Vec::new(),
                 };
-                let csum = self.write_small(&meta, &node.placeholder())?;
+                let csum = self.write_small(&meta, node.placeholder())?;
                 self.place_file(&path, &csum)?;
                 self.devices.push(node);
             }
@@ -674,10 +762,11 @@ impl<'r> TreeWriter<'r> {
     }
 
     /// Writes the directory objects and returns the root.
-    pub(crate) fn finish(self) -> Result<LayerTree> {
+    pub(crate) fn finish(mut self) -> Result<LayerTree> {
         if self.large.is_some() {
             bail!("the layer ended in the middle of a file");
         }
+        self.pool.finish()?;
         let root = self
             .repo
             .write_mtree(&self.root, gio::Cancellable::NONE)
