@@ -18,6 +18,7 @@ use ostree::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::sync::Arc;
 
 /// `S_IFMT` and friends, as OSTree stores them in modes.
 pub(crate) const S_IFDIR: u32 = 0o040000;
@@ -29,6 +30,63 @@ pub(crate) const S_IFLNK: u32 = 0o120000;
 const INLINE_MAX: u64 = 8 * 1024 * 1024;
 /// Chunk size for streaming large files between the stages.
 const CHUNK: usize = 1024 * 1024;
+/// File bytes in flight between the parser and the object writers of one layer.
+const IN_FLIGHT_MAX: usize = 48 * 1024 * 1024;
+
+/// A count of bytes in flight: the parser waits while the writers are this far behind,
+/// which bounds the memory of an import whatever the layer holds.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    /// Bytes in flight, and whether the consumer has stopped (then nobody waits).
+    state: std::sync::Mutex<(usize, bool)>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize) -> Budget {
+        Budget {
+            state: std::sync::Mutex::new((0, false)),
+            freed: std::sync::Condvar::new(),
+            max,
+        }
+    }
+
+    /// Waits until `n` more bytes fit (a single item larger than the budget counts as all
+    /// of it).
+    pub(crate) fn acquire(&self, n: usize) {
+        let n = n.min(self.max);
+        let mut st = self.state.lock().expect("not poisoned");
+        while !st.1 && st.0 + n > self.max {
+            st = self.freed.wait(st).expect("not poisoned");
+        }
+        st.0 += n;
+    }
+
+    /// Gives back `n` bytes.
+    pub(crate) fn release(&self, n: usize) {
+        let n = n.min(self.max);
+        let mut st = self.state.lock().expect("not poisoned");
+        st.0 = st.0.saturating_sub(n);
+        self.freed.notify_all();
+    }
+
+    /// The consumer stopped: nobody waits any more.
+    pub(crate) fn close(&self) {
+        self.state.lock().expect("not poisoned").1 = true;
+        self.freed.notify_all();
+    }
+}
+
+impl Item {
+    /// The file bytes this item carries.
+    fn data_len(&self) -> usize {
+        match self {
+            Item::File { data, .. } | Item::Chunk(data) => data.len(),
+            _ => 0,
+        }
+    }
+}
 
 /// Ownership, mode and extended attributes of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -417,6 +475,7 @@ pub(crate) struct TreeWriter<'r> {
     large: Option<(Vec<String>, ostree::ContentWriter)>,
     stats: ImportStats,
     pool: ObjectPool,
+    budget: Arc<Budget>,
 }
 
 /// One small file for the object writers: its checksum is known, so the tree can refer to
@@ -439,7 +498,7 @@ struct ObjectPool {
 }
 
 impl ObjectPool {
-    fn new(repo: &ostree::Repo) -> ObjectPool {
+    fn new(repo: &ostree::Repo, budget: Arc<Budget>) -> ObjectPool {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -450,23 +509,27 @@ impl ObjectPool {
             .map(|_| {
                 let repo = repo.clone();
                 let rx = rx.clone();
+                let budget = budget.clone();
                 std::thread::spawn(move || -> Result<()> {
                     loop {
                         let job = match rx.lock().expect("not poisoned").recv() {
                             Ok(job) => job,
                             Err(_) => return Ok(()),
                         };
-                        repo.write_regfile_inline(
-                            Some(&job.csum),
-                            job.uid,
-                            job.gid,
-                            job.mode,
-                            job.xattrs.as_ref(),
-                            &job.data,
-                            gio::Cancellable::NONE,
-                        )
-                        .map_err(gerr)
-                        .with_context(|| format!("Writing object {}", job.csum))?;
+                        let written = repo
+                            .write_regfile_inline(
+                                Some(&job.csum),
+                                job.uid,
+                                job.gid,
+                                job.mode,
+                                job.xattrs.as_ref(),
+                                &job.data,
+                                gio::Cancellable::NONE,
+                            )
+                            .map_err(gerr)
+                            .with_context(|| format!("Writing object {}", job.csum));
+                        budget.release(job.data.len());
+                        written?;
                     }
                 })
             })
@@ -535,7 +598,7 @@ pub(crate) fn lookup(
 
 impl<'r> TreeWriter<'r> {
     /// A writer for one layer. The repository must be in a transaction.
-    pub(crate) fn new(repo: &'r ostree::Repo) -> Result<Self> {
+    pub(crate) fn new(repo: &'r ostree::Repo, budget: Arc<Budget>) -> Result<Self> {
         let mut w = TreeWriter {
             repo,
             root: ostree::MutableTree::new(),
@@ -546,7 +609,8 @@ impl<'r> TreeWriter<'r> {
             devices: Vec::new(),
             large: None,
             stats: ImportStats::default(),
-            pool: ObjectPool::new(repo),
+            pool: ObjectPool::new(repo, budget.clone()),
+            budget,
         };
         let m = w.dirmeta_checksum(&Meta::default_dir())?;
         w.root.set_metadata_checksum(&m);
@@ -625,6 +689,7 @@ impl<'r> TreeWriter<'r> {
     fn write_small(&mut self, meta: &Meta, data: Vec<u8>) -> Result<String> {
         let csum = content_checksum(meta, None, &data);
         if self.have_object(&csum)? {
+            self.budget.release(data.len());
             self.stats.objects_reused += 1;
             return Ok(csum);
         }
@@ -649,9 +714,12 @@ impl<'r> TreeWriter<'r> {
                     .large
                     .as_ref()
                     .ok_or_else(|| anyhow!("file content without a file"))?;
-                w.write_all(&buf, gio::Cancellable::NONE)
+                let written = w
+                    .write_all(&buf, gio::Cancellable::NONE)
                     .map_err(|e| anyhow!("{e:?}"))
-                    .with_context(|| format!("Writing {}", display(path)))?;
+                    .with_context(|| format!("Writing {}", display(path)));
+                self.budget.release(buf.len());
+                written?;
                 return Ok(());
             }
             Item::FileEnd => {
@@ -752,7 +820,9 @@ impl<'r> TreeWriter<'r> {
                     mode: S_IFREG | 0o600,
                     xattrs: Vec::new(),
                 };
-                let csum = self.write_small(&meta, node.placeholder())?;
+                let placeholder = node.placeholder();
+                self.budget.acquire(placeholder.len());
+                let csum = self.write_small(&meta, placeholder)?;
                 self.place_file(&path, &csum)?;
                 self.devices.push(node);
             }
@@ -792,31 +862,44 @@ where
     F: FnOnce(&mut dyn FnMut(Item) -> Result<()>) -> Result<T> + Send,
 {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Item>(256);
+    let budget = Arc::new(Budget::new(IN_FLIGHT_MAX));
+    let parser_budget = budget.clone();
     std::thread::scope(|s| {
         let parser = s.spawn(move || {
-            let mut sink = |item| {
+            let mut sink = |item: Item| {
+                parser_budget.acquire(item.data_len());
                 tx.send(item)
                     .map_err(|_| anyhow!("the layer writer stopped"))
             };
             produce(&mut sink)
         });
-        let mut writer = TreeWriter::new(repo)?;
         let mut write_err = None;
-        for item in rx.iter() {
-            if let Err(e) = writer.apply(item) {
-                write_err = Some(e);
-                break;
+        match TreeWriter::new(repo, budget.clone()) {
+            Ok(mut writer) => {
+                for item in rx.iter() {
+                    if let Err(e) = writer.apply(item) {
+                        write_err = Some(e);
+                        break;
+                    }
+                }
+                budget.close();
+                drop(rx);
+                let produced = parser
+                    .join()
+                    .map_err(|_| anyhow!("the layer parser panicked"))?;
+                match (produced, write_err) {
+                    // The writer's error is the cause when the parser only saw the channel close.
+                    (_, Some(e)) => Err(e),
+                    (Err(e), None) => Err(e),
+                    (Ok(v), None) => Ok((writer.finish()?, v)),
+                }
             }
-        }
-        drop(rx);
-        let produced = parser
-            .join()
-            .map_err(|_| anyhow!("the layer parser panicked"))?;
-        match (produced, write_err) {
-            // The writer's error is the cause when the parser only saw the channel close.
-            (_, Some(e)) => Err(e),
-            (Err(e), None) => Err(e),
-            (Ok(v), None) => Ok((writer.finish()?, v)),
+            Err(e) => {
+                budget.close();
+                drop(rx);
+                let _ = parser.join();
+                Err(e)
+            }
         }
     })
 }
@@ -834,6 +917,23 @@ pub(crate) fn import_tar<R: Read + Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_blocks_until_released_or_closed() {
+        let b = Arc::new(Budget::new(10));
+        b.acquire(8);
+        b.release(8);
+        b.acquire(100); // an item larger than the budget takes all of it
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || b2.acquire(5));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !t.is_finished(),
+            "acquire must wait while the budget is used up"
+        );
+        b.close();
+        t.join().unwrap();
+    }
 
     #[test]
     fn paths_are_validated() {
