@@ -81,6 +81,21 @@ enum Command {
         /// The container name.
         name: String,
     },
+    /// Mount an image or an installed container's rootfs read-only on a directory.
+    ///
+    /// An image is checked out by hardlinks first; the mount is a read-only bind mount, so
+    /// nothing written can reach the store. Undo it with `syscont umount DIR`.
+    Mount {
+        /// An installed container name, or an image name or ID prefix.
+        target: String,
+        /// An existing directory to mount on.
+        dir: PathBuf,
+    },
+    /// Unmount what `syscont mount` mounted on a directory, and remove its checkout.
+    Umount {
+        /// The directory given to `syscont mount`.
+        dir: PathBuf,
+    },
     /// Pull an image into the local OSTree store.
     ///
     /// Layers already in the store are not fetched again. Bare names are resolved through
@@ -428,6 +443,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
             command,
         } => crate::container::run(&store, &target, &command, &set),
         Command::Stop { name } => crate::container::stop(&store, &name),
+        Command::Mount { target, dir } => crate::mount::mount(&store, &target, &dir),
+        Command::Umount { dir } => crate::mount::umount(&dir),
         Command::Pull(p) => crate::pull::pull_cmd(&store, &p.fetch, &p.image),
         Command::Images(c) => match c {
             ImagesCommand::List(o) => crate::images::list(&store, &o),

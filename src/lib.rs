@@ -14,6 +14,7 @@ pub(crate) mod fsutil;
 pub(crate) mod hostfs;
 pub(crate) mod imagebuild;
 pub(crate) mod images;
+pub(crate) mod mount;
 pub(crate) mod output;
 pub(crate) mod proxy;
 pub(crate) mod pull;

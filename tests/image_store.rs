@@ -713,3 +713,45 @@ fn a_full_disk_is_a_clear_error_and_prune_reclaims() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn mount_is_read_only_and_umount_cleans_up() {
+    require_root();
+    let sc = Syscont::new();
+    let layout = sc.dir.path().join("layout");
+    write_layout(
+        &layout,
+        "1",
+        &[tar_of(&[Entry::file("etc/motd", "hello\n")])],
+        Compression::Gzip,
+        &[],
+    );
+    sc.ok(&["pull", &format!("oci:{}:1", layout.display())]);
+    let mnt = sc.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = mnt.to_str().unwrap();
+    sc.ok(&["mount", "layout:1", m]);
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/motd")).unwrap(),
+        "hello\n"
+    );
+    // Nothing written through the mount reaches the store.
+    let e = std::fs::write(mnt.join("etc/motd"), "changed").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let e = sc.fails(&["mount", "layout:1", m]);
+    assert!(e.contains("already a mount point"), "{e}");
+    sc.ok(&["umount", m]);
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+    let leftovers = sc.checkouts().join(".mounts");
+    assert_eq!(std::fs::read_dir(&leftovers).unwrap().count(), 0);
+    // Only syscont's own mounts are undone; missing things are named.
+    let e = sc.fails(&["umount", m]);
+    assert!(e.contains("was not mounted by syscont"), "{e}");
+    let e = sc.fails(&["mount", "layout:1", "/does/not/exist"]);
+    assert!(
+        e.contains("/does/not/exist") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = sc.fails(&["mount", "no-such-image", m]);
+    assert!(e.contains("no-such-image"), "{e}");
+}

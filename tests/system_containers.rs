@@ -352,6 +352,15 @@ fn install_run_update_rollback_uninstall() {
     let again = w.ok(&["install", "--system", "--name", name, "test-system"]);
     assert!(again.contains("already present"), "{again}");
 
+    // An installed container's rootfs can be looked at read-only.
+    w.tb.sh_ok("mkdir -p /srv/view");
+    w.ok(&["mount", name, "/srv/view"]);
+    assert!(w.exists("/srv/view/usr/bin/run.sh"));
+    assert!(!w.tb.sh("touch /srv/view/x").status.success());
+    w.ok(&["umount", "/srv/view"]);
+    assert!(!w.exists("/srv/view/usr"));
+    assert!(w.exists(&format!("{CHECKOUT}/{name}.0/rootfs/usr/bin/run.sh")));
+
     // 6.6.2: a command in the stopped container runs in its deployment.
     let out = w.ok(&["run", name, "echo", "hello world"]);
     assert!(out.contains("hello world"), "{out}");
