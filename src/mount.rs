@@ -80,7 +80,7 @@ pub(crate) fn mount(cfg: &StoreConfig, what: &str, dir: &Path) -> Result<()> {
             let store = Store::open(cfg)?;
             let img = store.resolve_one(what)?;
             let parent = cfg.checkout_path.join(".mounts");
-            let dest = parent.join(&record_path(&dir).file_stem().unwrap_or_default());
+            let dest = parent.join(record_path(&dir).file_stem().unwrap_or_default());
             if dest.symlink_metadata().is_ok() {
                 // A checkout left behind by a mount that did not finish.
                 std::fs::remove_dir_all(&dest)
