@@ -501,13 +501,51 @@ fn check_unit_is_ours(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes what a crashed install left: slots without a link, and temporary slot dirs.
+/// Puts the unit, drop-in and tmpfiles of the active slot back in place when they differ
+/// (an update or rollback that was killed after publishing the other slot's units but
+/// before flipping the link). Returns whether anything changed.
+fn republish_if_stale(deps: &Deployments, name: &str, slot: u8) -> Result<bool> {
+    let dir = deps.slot_dir(name, slot);
+    let pairs = [
+        (dir.join(unit_name(name)), unit_path(name)),
+        (
+            dir.join(format!("{name}.dropin.conf")),
+            dropin_dir(name).join("50-syscont.conf"),
+        ),
+        (
+            dir.join(format!("tmpfiles-{name}.conf")),
+            tmpfiles_path(name),
+        ),
+    ];
+    let stale = pairs
+        .iter()
+        .any(|(src, dst)| std::fs::read(src).ok() != std::fs::read(dst).ok());
+    if stale {
+        output::status(format!(
+            "Restoring the units of {name} from {} (an earlier run was interrupted).",
+            dir.display()
+        ));
+        publish_units(deps, name, slot)?;
+    }
+    Ok(stale)
+}
+
+/// Removes what a crashed install left: slots without a link (and the host files they
+/// recorded, where nobody changed them since), and temporary slot dirs.
 fn clean_leftovers(deps: &Deployments, name: &str) -> Result<()> {
     if deps.active_slot(name).is_none() {
         if deps.link(name).symlink_metadata().is_ok() {
             std::fs::remove_file(deps.link(name))?;
         }
         for s in [0, 1] {
+            if let Ok(info) = deps.read_info(name, s) {
+                hostfs::remove(
+                    Path::new("/"),
+                    &info.installed_files_checksum,
+                    &info.syscont.created_dirs,
+                    &BTreeMap::new(),
+                );
+            }
             remove_tree(&deps.slot_dir(name, s))?;
         }
     }
@@ -608,10 +646,18 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
             conflicts.join(", ")
         );
     }
-    // From here on the host changes; undo everything on failure.
+    // From here on the host changes; undo everything on failure. The `NAME` link is the
+    // commit point: it appears last, once the unit is registered and enabled, so a
+    // container is either installed completely or not at all, and the next run cleans up
+    // after one that was killed half-way.
+    let sd = Systemd::system()?;
+    let unit = unit_name(&name);
     let res = (|| -> Result<()> {
-        let installed = hostfs::apply(Path::new("/"), &rendered.plan)?;
+        // Record the host files before writing them, so a crash cannot orphan them.
         let mut info = rendered.info.clone();
+        info.installed_files_checksum = hostfs::planned_checksums(&rendered.plan);
+        deps.write_info(&name, 0, &info)?;
+        let installed = hostfs::apply(Path::new("/"), &rendered.plan)?;
         info.installed_files_checksum = installed.checksums.clone();
         info.syscont.created_dirs = installed.created_dirs.clone();
         deps.write_info(&name, 0, &info)?;
@@ -619,34 +665,28 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
             output::status(format!("Created file {f}"));
         }
         publish_units(&deps, &name, 0)?;
-        deps.activate(&name, 0)?;
-        Ok(())
+        sd.reload()?;
+        tmpfiles("--create", &name)?;
+        if rendered.service.is_some() {
+            sd.enable(&[&unit])?;
+        }
+        deps.activate(&name, 0)
     })();
     if let Err(e) = res {
-        let info = deps.read_info(&name, 0).ok();
-        if let Some(info) = info {
-            hostfs::remove(
-                Path::new("/"),
-                &info.installed_files_checksum,
-                &info.syscont.created_dirs,
-                &BTreeMap::new(),
-            );
+        if rendered.service.is_some() {
+            let _ = sd.disable(&[&unit]);
         }
+        let _ = tmpfiles("--remove", &name);
         let _ = std::fs::remove_file(unit_path(&name));
         let _ = std::fs::remove_dir_all(dropin_dir(&name));
         let _ = std::fs::remove_file(tmpfiles_path(&name));
         let _ = std::fs::remove_file(deps.link(&name));
-        let _ = remove_tree(&deps.slot_dir(&name, 0));
+        let _ = clean_leftovers(&deps, &name);
+        let _ = sd.reload();
         return Err(e);
     }
-    let sd = Systemd::system()?;
-    sd.reload()?;
-    tmpfiles("--create", &name)?;
-    if rendered.service.is_some() {
-        sd.enable(&[&unit_name(&name)])?;
-        if o.start {
-            sd.start(&unit_name(&name), JOB_TIMEOUT)?;
-        }
+    if rendered.service.is_some() && o.start {
+        sd.start(&unit, JOB_TIMEOUT)?;
     }
     output::status(format!(
         "Installed {name} from {} ({}).",
@@ -1109,6 +1149,9 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         .ok_or_else(|| anyhow!("System container '{name}' is not installed"))?;
     let old = deps.read_info(name, cur)?;
     let next = 1 - cur;
+    if republish_if_stale(&deps, name, cur)? {
+        Systemd::system()?.reload()?;
+    }
     let image_arg = o.rebase.clone().unwrap_or_else(|| old.image.clone());
     let img = image_for(&store, &image_arg, o.fetch.as_ref(), o.pull)?;
     let mut set = old.syscont.set_values.clone();
@@ -1217,6 +1260,9 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
         );
     }
     println!("Attempting to roll back system container: {name}");
+    if republish_if_stale(&deps, name, cur)? {
+        Systemd::system()?.reload()?;
+    }
     let from = deps.read_info(name, cur)?;
     let mut to = deps.read_info(name, other)?;
     if to.has_container_service && !dir.join(unit_name(name)).is_file() {

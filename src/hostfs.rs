@@ -49,6 +49,14 @@ fn planned_checksum(p: &Planned) -> String {
     }
 }
 
+/// The checksums the plan's entries will have once applied (recorded before writing them).
+pub(crate) fn planned_checksums(plan: &Plan) -> BTreeMap<String, String> {
+    plan.entries
+        .iter()
+        .map(|(k, p)| (k.clone(), planned_checksum(p)))
+        .collect()
+}
+
 /// Applies `renameFiles` (prefix renames, longest prefix first) to a host path.
 fn rename(path: &str, renames: &BTreeMap<String, String>) -> String {
     let mut best: Option<(&String, &String)> = None;

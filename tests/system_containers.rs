@@ -739,3 +739,165 @@ fn host_files() {
     assert!(!w.exists("/usr/local/lib/secret-message-template"));
     assert_eq!(w.read("/usr/local/lib/secret-message"), "user text\n");
 }
+
+impl World {
+    /// Starts syscont inside, kills it with SIGKILL after `delay_s` seconds, and returns
+    /// whether it had already finished (with success) by then.
+    fn kill_after(&self, delay_s: f64, args: &[&str]) -> bool {
+        let cmd = std::iter::once(BIN)
+            .chain(args.iter().copied())
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let o = self.tb.sh(&format!(
+            "{cmd} >/dev/null 2>&1 & p=$!; sleep {delay_s}; kill -9 $p 2>/dev/null; wait $p"
+        ));
+        o.status.success()
+    }
+
+    /// Checks that `name` is either installed completely or not at all.
+    fn consistent(&self, name: &str) -> bool {
+        let unit = format!("/etc/systemd/system/{name}.service");
+        if self.exists(&format!("{CHECKOUT}/{name}")) {
+            let slot = std::fs::read_link(self.path(&format!("{CHECKOUT}/{name}"))).unwrap();
+            let slot = slot.to_string_lossy();
+            for f in ["info", "config.json", "rootfs/usr/bin/run.sh"] {
+                assert!(self.exists(&format!("{slot}/{f}")), "{slot}/{f} is missing");
+            }
+            assert!(self.exists(&unit), "{name} is installed without its unit");
+            assert!(self
+                .systemctl(&format!("is-enabled {name}"))
+                .contains("enabled"));
+            true
+        } else {
+            let list = self.ok(&["containers", "list", "--all", "--no-trunc"]);
+            assert!(!list.contains(name), "{list}");
+            false
+        }
+    }
+}
+
+#[test]
+fn killed_installs_and_updates_leave_a_consistent_state() {
+    let w = World::new();
+    w.ok(&["pull", "test-system"]);
+    let name = "killed";
+    for (i, delay) in [0.005, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.3]
+        .iter()
+        .enumerate()
+    {
+        let port = format!("PORT={}", 8200 + i);
+        let finished = w.kill_after(
+            *delay,
+            &[
+                "install",
+                "--system",
+                "--name",
+                name,
+                "--set",
+                &port,
+                "test-system",
+            ],
+        );
+        let installed = w.consistent(name);
+        eprintln!("install killed after {delay} s: finished {finished}, installed {installed}");
+        assert!(
+            !finished || installed,
+            "an install that succeeded left nothing installed"
+        );
+        // The next command cleans up and completes the job.
+        w.ok(&[
+            "install",
+            "--system",
+            "--name",
+            name,
+            "--set",
+            &port,
+            "test-system",
+        ]);
+        assert!(w.consistent(name));
+        w.ok(&["uninstall", name]);
+        assert!(!w.consistent(name));
+        for f in [
+            format!("/etc/systemd/system/{name}.service"),
+            format!("/etc/tmpfiles.d/{name}.conf"),
+            format!("{CHECKOUT}/{name}.0"),
+            format!("{CHECKOUT}/{name}.1"),
+        ] {
+            assert!(
+                !w.exists(&f),
+                "{f} is left after uninstall (kill after {delay} s)"
+            );
+        }
+    }
+    // Updates of a running container, killed at several points.
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        name,
+        "--set",
+        "PORT=8210",
+        "--start",
+        "test-system",
+    ]);
+    for (i, delay) in [0.01, 0.05, 0.1, 0.2, 0.4].iter().enumerate() {
+        let port = format!("PORT={}", 8211 + i);
+        w.kill_after(
+            *delay,
+            &[
+                "containers",
+                "update",
+                "--probation",
+                "1",
+                "--set",
+                &port,
+                name,
+            ],
+        );
+        assert!(w.consistent(name));
+        // A later update finds a working state and completes; the service runs.
+        let out = w.run(&[
+            "containers",
+            "update",
+            "--probation",
+            "1",
+            "--set",
+            &format!("PORT={}", 8221 + i),
+            name,
+        ]);
+        assert!(
+            out.status.success(),
+            "update after a kill at {delay} s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(w.consistent(name));
+        let slot = std::fs::read_link(w.path(&format!("{CHECKOUT}/{name}"))).unwrap();
+        assert_eq!(
+            w.read(&format!("/etc/systemd/system/{name}.service")),
+            w.read(&format!("{}/{name}.service", slot.display())),
+            "the unit in /etc is not the active slot's"
+        );
+        w.systemctl(&format!("start {name}"));
+        assert!(w.http(8221 + i as u16).contains(&format!("from {name}")));
+    }
+    w.ok(&["uninstall", name]);
+    assert!(!w.consistent(name));
+}
+
+#[test]
+fn two_installs_of_one_name_at_once() {
+    let w = World::new();
+    w.ok(&["pull", "test-system"]);
+    let o = w.tb.sh(&format!(
+        "{BIN} install --system --name twin --set PORT=8230 test-system > /tmp/a 2>&1 & a=$!; \
+         {BIN} install --system --name twin --set PORT=8231 test-system > /tmp/b 2>&1 & b=$!; \
+         wait $a; ra=$?; wait $b; rb=$?; echo \"$ra $rb\"; cat /tmp/a /tmp/b"
+    ));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.starts_with("0 0"), "{out}");
+    assert_eq!(out.matches("Installed twin").count(), 1, "{out}");
+    assert_eq!(out.matches("twin already present").count(), 1, "{out}");
+    assert!(w.consistent("twin"));
+    w.ok(&["uninstall", "twin"]);
+}
