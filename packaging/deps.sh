@@ -9,7 +9,8 @@ packages=(
     # run
     ostree skopeo runc systemd dbus
     # tests and demo
-    docker-registry busybox-static uidmap ca-certificates util-linux iproute2
+    docker-registry busybox-static uidmap ca-certificates util-linux iproute2 procps
+    gcc libc6-dev python3
     "$@"
 )
 

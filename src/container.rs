@@ -974,6 +974,7 @@ pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String
         let info = deps.read_info(target, slot)?;
         if cmd.is_empty() {
             Systemd::system()?.start(&unit_name(target), JOB_TIMEOUT)?;
+            output::status(format!("Started {}.", unit_name(target)));
             return Ok(());
         }
         let runtime = PathBuf::from(&info.runtime);
@@ -1034,7 +1035,9 @@ pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
     if !deps.is_installed(name) {
         bail!("container {name} is not installed");
     }
-    Systemd::system()?.stop(&unit_name(name), JOB_TIMEOUT)
+    Systemd::system()?.stop(&unit_name(name), JOB_TIMEOUT)?;
+    output::status(format!("Stopped {}.", unit_name(name)));
+    Ok(())
 }
 
 /// Options of `syscont containers update`.
