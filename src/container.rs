@@ -1294,6 +1294,9 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     tmpfiles("--create", name)?;
     if was_active && to.has_container_service {
         sd.start(&unit, JOB_TIMEOUT)?;
+        output::status(format!("Rolled back {name}; it is running again."));
+    } else {
+        output::status(format!("Rolled back {name}."));
     }
     Ok(())
 }
