@@ -158,7 +158,8 @@ pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
         .iter()
         .map(|r| {
             vec![
-                format!("{} {}", if r.used { ">" } else { " " }, r.repo),
+                // As Atomic printed it (its tests grep for ">  NAME").
+                format!("{}  {}", if r.used { ">" } else { " " }, r.repo),
                 r.tag.clone(),
                 trunc(&r.id, 12, t),
                 r.created.clone(),
@@ -171,7 +172,7 @@ pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
         "{}",
         output::table(
             &[
-                "  REPOSITORY",
+                "   REPOSITORY",
                 "TAG",
                 "IMAGE ID",
                 "CREATED",

@@ -901,3 +901,134 @@ fn two_installs_of_one_name_at_once() {
     assert!(w.consistent("twin"));
     w.ok(&["uninstall", "twin"]);
 }
+
+/// Atomic's image checks (§6.2) and mount checks (§6.3), on the images of this suite.
+#[test]
+fn images_and_mounts_as_atomic_checked_them() {
+    let w = World::new();
+    let repo = format!("{CHECKOUT}/.storage/ostree");
+    let refs = || w.tb.sh_ok(&format!("ostree refs --repo={repo}"));
+    // 6.2.1–2: a short name lands under Atomic's ref; a second pull fetches nothing.
+    w.ok(&["pull", "test-system"]);
+    assert!(
+        refs().lines().any(|l| l == "ociimage/test-system_3Alatest"),
+        "{}",
+        refs()
+    );
+    let again = w.ok(&["pull", "test-system"]);
+    assert!(
+        again.contains("already up to date") && !again.contains("Layer"),
+        "{again}"
+    );
+    // 6.2.4–5: the list marks images in use with ">".
+    let list = w.ok(&["images", "list"]);
+    assert!(
+        list.contains("test-system") && !list.contains(">  test-system"),
+        "{list}"
+    );
+    assert!(!w.ok(&["-q", "images", "list"]).contains("test-system"));
+    // An image without /exports installs with syscont's default config and unit.
+    let dir = w._work.path().join("plain");
+    busybox_rootfs(&dir, RUN_HTTPD);
+    let st = std::process::Command::new(BIN)
+        .args([
+            "build",
+            "--rootfs",
+            dir.to_str().unwrap(),
+            "--cmd",
+            "/usr/bin/run.sh",
+        ])
+        .args([
+            "--env",
+            "PORT=8240",
+            "--env",
+            "PATH=/bin:/usr/bin",
+            "--tag",
+            "plain:latest",
+        ])
+        .args([
+            "--push",
+            &format!("docker://{}/plain:latest", w.reg.addr()),
+            "--tls-verify=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    w.ok(&["install", "--system", "--start", "plain"]);
+    assert!(w.http(8240).contains("Hi"));
+    let config = w.read(&format!("{CHECKOUT}/plain.0/config.json"));
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["root"]["readonly"], true);
+    assert!(w.ok(&["images", "list"]).contains(">  plain"));
+    w.ok(&["uninstall", "plain"]);
+    // 6.2.6–7: filters, and layers under <none> with --all.
+    assert!(w
+        .ok(&["images", "list", "-f", "repo=test-system"])
+        .contains("test-system"));
+    assert!(w
+        .ok(&[
+            "images",
+            "list",
+            "-f",
+            "type=ostree",
+            "-f",
+            "repo=test-system"
+        ])
+        .contains("test-system"));
+    assert!(!w
+        .ok(&["images", "list", "-f", "repo=non-existing-repo"])
+        .contains("test-system"));
+    let some = w.ok(&["images", "list", "-f", "type=ostree"]);
+    let all = w.ok(&["images", "list", "-f", "type=ostree", "--all"]);
+    assert!(some.lines().count() < all.lines().count());
+    assert!(all.contains("<none>") && !some.contains("<none>"));
+    // 6.2.16: a tag shares the ID.
+    w.ok(&["images", "tag", "test-system:latest", "test-tagged:latest"]);
+    let id_of = |name: &str| {
+        let list = w.ok(&["images", "list"]);
+        let line = list
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name}: {list}"));
+        line.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let id = id_of("test-system");
+    assert_eq!(id, id_of("test-tagged"));
+    // 6.2.8–11: delete by name, prune keeps layers in use, delete by ID prefix, prune.
+    w.ok(&["images", "delete", "--force", "test-system"]);
+    assert!(!refs().contains("ociimage/test-system_3Alatest"));
+    w.ok(&["images", "prune"]);
+    assert!(w.ok(&["images", "list", "--all"]).contains("<none>"));
+    w.ok(&["images", "delete", "--force", &id]);
+    assert!(!w.ok(&["images", "list"]).contains("test-tagged"));
+    w.ok(&["images", "delete", "plain"]);
+    w.ok(&["images", "prune"]);
+    let left = w.ok(&["images", "list", "-f", "type=ostree", "--all"]);
+    assert!(
+        !left.contains("<none>") && !left.contains("test-system"),
+        "{left}"
+    );
+    // 6.2.17–18: info and verify.
+    w.ok(&["pull", "test-system-update"]);
+    let info = w.ok(&["images", "info", "test-system-update"]);
+    for want in [
+        "atomic.type: system",
+        "Template variables with default value, but overridable with --set:",
+        "PORT: 8082",
+        "Template variables that has no default value, and must be set with --set:",
+        "VAR_WITH_NO_DEFAULT: {DEF_VALUE}",
+    ] {
+        assert!(info.contains(want), "{want}: {info}");
+    }
+    w.ok(&["images", "verify", "test-system-update"]);
+    // 6.3.2: an image mounted and unmounted.
+    w.tb.sh_ok("mkdir -p /srv/m");
+    w.ok(&["mount", "test-system-update", "/srv/m"]);
+    assert!(w.exists("/srv/m/usr/bin/run.sh"));
+    w.ok(&["umount", "/srv/m"]);
+    assert!(!w.exists("/srv/m/usr/bin/run.sh"));
+}
