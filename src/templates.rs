@@ -191,17 +191,43 @@ pub(crate) struct RenderValues {
 /// Refuses values that would add lines or control characters to a line-based file (a unit
 /// or a tmpfiles snippet): only the variables the template uses are checked.
 pub(crate) fn check_line_safe(used: &[String], values: &RenderValues, file: &str) -> Result<()> {
+    fn first_control(v: &serde_json::Value) -> Option<char> {
+        match v {
+            serde_json::Value::String(s) => s.chars().find(|c| c.is_control()),
+            serde_json::Value::Array(a) => a.iter().find_map(first_control),
+            serde_json::Value::Object(o) => o.values().find_map(first_control),
+            _ => None,
+        }
+    }
     for var in used {
-        if let Some(val) = values.values.get(var) {
-            if let Some(c) = val.chars().find(|c| c.is_control()) {
-                bail!(
-                    "the value of {var} contains the control character {c:?}; it would change \
-                     the structure of {file} (unit-directive injection), so it is refused"
-                );
-            }
+        let found = match (values.values.get(var), values.json.get(var)) {
+            (Some(val), _) => val.chars().find(|c| c.is_control()),
+            (None, Some(json)) => first_control(json),
+            (None, None) => None,
+        };
+        if let Some(c) = found {
+            bail!(
+                "the value of {var} contains the control character {c:?}; it would change \
+                 the structure of {file} (unit-directive injection), so it is refused"
+            );
         }
     }
     Ok(())
+}
+
+/// The value names a Tera template mentions (as whole words): the ones it can use.
+fn tera_names(text: &str, values: &RenderValues) -> Vec<String> {
+    let words: std::collections::HashSet<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    values
+        .values
+        .keys()
+        .chain(values.json.keys())
+        .filter(|k| words.contains(k.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Renders one template text with the chosen engine. `what` names the file in errors.
@@ -221,8 +247,7 @@ pub(crate) fn render(
         }
         Engine::Tera => {
             if line_based {
-                let all: Vec<String> = values.values.keys().cloned().collect();
-                check_line_safe(&all, values, what)?;
+                check_line_safe(&tera_names(text, values), values, what)?;
             }
             let mut ctx = tera::Context::new();
             for (k, v) in &values.values {
@@ -491,6 +516,22 @@ mod tests {
         assert_eq!(v["m"][0], "/a");
         let e = render(Engine::Tera, "{{ NOPE }}", "x", &rv, false).unwrap_err();
         assert!(format!("{e:#}").contains("NOPE"), "{e:#}");
+        // In a line-based file only the values it mentions must be single lines.
+        rv.values.insert("MULTI".into(), "a\nb".into());
+        render(Engine::Tera, "X={{ NAME }}", "unit", &rv, true).unwrap();
+        let e = render(Engine::Tera, "X={{ MULTI }}", "unit", &rv, true).unwrap_err();
+        assert!(format!("{e:#}").contains("MULTI"), "{e:#}");
+        rv.json
+            .insert("LIST".into(), serde_json::json!(["ok", "x\ny"]));
+        let e = render(
+            Engine::Tera,
+            "{% for l in LIST %}{{ l }}{% endfor %}",
+            "unit",
+            &rv,
+            true,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("LIST"), "{e:#}");
     }
 
     #[test]

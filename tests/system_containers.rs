@@ -1032,3 +1032,94 @@ fn images_and_mounts_as_atomic_checked_them() {
     w.ok(&["umount", "/srv/m"]);
     assert!(!w.exists("/srv/m/usr/bin/run.sh"));
 }
+
+/// An image that opts in to Tera templates: structured values from `--set-json`, looped
+/// over and JSON-encoded instead of spliced into JSON as text.
+#[test]
+fn tera_templates_with_structured_values() {
+    let w = World::new();
+    let config = r#"{
+    "ociVersion": "1.0.2",
+    "process": {
+        "terminal": false,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/usr/bin/run.sh"],
+        "env": ["PATH=/bin:/usr/bin", {{ "PORT=" ~ PORT | json_encode() | safe }}, {{ "RECEIVER=" ~ RECEIVER | json_encode() | safe }}, {{ "NAME=" ~ NAME | json_encode() | safe }}],
+        "cwd": "/",
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": true
+    },
+    "root": {"path": "rootfs", "readonly": true},
+    "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]}
+        {%- for m in EXTRA_MOUNTS %},
+        {"destination": {{ m.destination | json_encode() | safe }}, "type": "bind", "source": {{ m.source | json_encode() | safe }}, "options": ["rbind", "ro"]}
+        {%- endfor %}
+    ],
+    "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
+}"#;
+    let run = "#!/bin/sh\ntrap 'exit 0' TERM\nmkdir -p /run/www\n{ echo \"Hi $RECEIVER from $NAME\"; cat /srv/shared/note; } > /run/www/index.html\nhttpd -f -p \"$PORT\" -h /run/www &\nwait\n";
+    image(
+        w._work.path(),
+        &w.reg,
+        "test-tera:latest",
+        run,
+        &[
+            ("config.json.template", config),
+            ("service.template", TERA_SERVICE),
+            (
+                "manifest.json",
+                r#"{"version": "1.0", "templateEngine": "tera", "defaultValues": {"PORT": "8250", "RECEIVER": "World"}}"#,
+            ),
+        ],
+        &["atomic.type=system"],
+    );
+    w.tb.sh_ok("mkdir -p /srv/shared && echo shared-note > /srv/shared/note");
+    // Strict: a variable the template uses and nobody set fails, and nothing is written.
+    let e = w.fails(&["install", "--system", "--name", "tera", "test-tera"]);
+    assert!(e.contains("EXTRA_MOUNTS"), "{e}");
+    assert!(
+        !w.exists("/etc/systemd/system/tera.service") && !w.exists(&format!("{CHECKOUT}/tera.0"))
+    );
+    // A value with quotes and a dollar stays one JSON string.
+    let receiver = r#"Quote " and $dollar"#;
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        "tera",
+        "--start",
+        "--set",
+        &format!("RECEIVER={receiver}"),
+        "--set-json",
+        r#"EXTRA_MOUNTS=[{"source": "/srv/shared", "destination": "/srv/shared"}]"#,
+        "test-tera",
+    ]);
+    let page = w.http(8250);
+    assert!(
+        page.contains(&format!("Hi {receiver} from tera")) && page.contains("shared-note"),
+        "{page}"
+    );
+    let c: serde_json::Value =
+        serde_json::from_str(&w.read(&format!("{CHECKOUT}/tera.0/config.json"))).unwrap();
+    assert_eq!(c["mounts"][2]["source"], "/srv/shared");
+    assert_eq!(c["mounts"].as_array().unwrap().len(), 3);
+    // JSON values persist across updates and can be replaced.
+    w.ok(&[
+        "containers",
+        "update",
+        "--set",
+        "PORT=8251",
+        "--probation",
+        "1",
+        "tera",
+    ]);
+    let c: serde_json::Value =
+        serde_json::from_str(&w.read(&format!("{CHECKOUT}/tera.1/config.json"))).unwrap();
+    assert_eq!(c["mounts"][2]["destination"], "/srv/shared");
+    assert!(w.http(8251).contains("shared-note"));
+    w.ok(&["uninstall", "tera"]);
+}
+
+const TERA_SERVICE: &str = "[Unit]\nDescription={{ NAME }} (Tera)\n\n[Service]\nExecStart={{ EXEC_START }}\nExecStop={{ EXEC_STOP }}\nWorkingDirectory={{ DESTDIR }}\n\n[Install]\nWantedBy=multi-user.target\n";
