@@ -738,6 +738,36 @@ fn host_files() {
     assert!(!w.exists(&format!("/usr/local/lib/renamed-{name}")));
     assert!(!w.exists("/usr/local/lib/secret-message-template"));
     assert_eq!(w.read("/usr/local/lib/secret-message"), "user text\n");
+
+    // noContainerService: only host files, no unit.
+    image(
+        w._work.path(),
+        &w.reg,
+        "test-files-only:latest",
+        RUN_HTTPD,
+        &[
+            (
+                "manifest.json",
+                r#"{"version": "1.0", "noContainerService": true, "defaultValues": {"WHO": "ops"}}"#,
+            ),
+            ("hostfs/usr/local/share/files-only/readme", "for $WHO\n"),
+        ],
+        &["atomic.type=system"],
+    );
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        "files",
+        "--set",
+        "WHO=admins",
+        "test-files-only",
+    ]);
+    assert_eq!(w.read("/usr/local/share/files-only/readme"), "for $WHO\n");
+    assert!(!w.exists("/etc/systemd/system/files.service"));
+    assert!(w.ok(&["containers", "list", "--all"]).contains("files"));
+    w.ok(&["uninstall", "files"]);
+    assert!(!w.exists("/usr/local/share/files-only"));
 }
 
 impl World {
@@ -1119,6 +1149,15 @@ fn tera_templates_with_structured_values() {
         serde_json::from_str(&w.read(&format!("{CHECKOUT}/tera.1/config.json"))).unwrap();
     assert_eq!(c["mounts"][2]["destination"], "/srv/shared");
     assert!(w.http(8251).contains("shared-note"));
+    // update --all: a summary per container.
+    let all = w.ok(&["containers", "update", "--all"]);
+    assert!(
+        all.contains("SUMMARY")
+            && all
+                .lines()
+                .any(|l| l.starts_with("tera") && l.ends_with("Not updated")),
+        "{all}"
+    );
     w.ok(&["uninstall", "tera"]);
 }
 
