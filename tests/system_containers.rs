@@ -677,6 +677,67 @@ fn values_templates_and_names() {
             && !w.exists(&format!("{CHECKOUT}/Saturn"))
             && !w.exists(&format!("{CHECKOUT}/Saturn.0"))
     );
+
+    // An image's own config.json is used as it is: no substitution at all.
+    let verbatim = CONFIG_TEMPLATE
+        .replace("$EXTRA_ENV", ", \"LITERAL=$NOT_A_VARIABLE\"")
+        .replace("${ALL_PROCESS_CAPABILITIES}", "\"CAP_KILL\"")
+        .replace("$PORT", "8260")
+        .replace("$RECEIVER", "Verbatim")
+        .replace("$NAME", "verbatim")
+        .replace("$UUID", "0")
+        .replace("${RUN_DIRECTORY}/${NAME}", "/run/verbatim");
+    image(
+        w._work.path(),
+        &w.reg,
+        "test-verbatim:latest",
+        RUN_HTTPD,
+        &[
+            ("config.json", &verbatim),
+            ("service.template", CLASSIC_SERVICE),
+            ("tmpfiles.template", "d /run/verbatim 0700 - - - -\n"),
+        ],
+        &["atomic.type=system"],
+    );
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        "verbatim",
+        "--start",
+        "test-verbatim",
+    ]);
+    assert_eq!(
+        w.read(&format!("{CHECKOUT}/verbatim.0/config.json")),
+        verbatim
+    );
+    assert!(w.http(8260).contains("Hi Verbatim from verbatim"));
+
+    // update --pull fetches a newer image under the same tag; without it nothing changes.
+    image(
+        w._work.path().join("v2").as_path(),
+        &w.reg,
+        "test-verbatim:latest",
+        &RUN_HTTPD.replace("Hi ", "Hello again "),
+        &[
+            ("config.json", &verbatim),
+            ("service.template", CLASSIC_SERVICE),
+            ("tmpfiles.template", "d /run/verbatim 0700 - - - -\n"),
+        ],
+        &["atomic.type=system"],
+    );
+    let same = w.ok(&["containers", "update", "verbatim"]);
+    assert!(same.contains("Latest version already installed."), "{same}");
+    w.ok(&[
+        "containers",
+        "update",
+        "--pull",
+        "--probation",
+        "1",
+        "verbatim",
+    ]);
+    assert!(w.http(8260).contains("Hello again Verbatim"));
+    w.ok(&["uninstall", "verbatim"]);
 }
 
 #[test]
