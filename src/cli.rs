@@ -81,6 +81,20 @@ enum Command {
         /// The container name.
         name: String,
     },
+    /// Make the host's system containers what a host file says: install what is missing,
+    /// update what changed (health-gated, rolled back on failure), uninstall what is marked
+    /// absent, in the order the units' dependencies give.
+    ///
+    /// The host file is TOML; see docs/host-file.md. A second run with no changes does
+    /// nothing and says so.
+    Apply {
+        /// Print the plan (per container: the action, and the unit, config.json and
+        /// tmpfiles changes and host files) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The host file, e.g. /etc/syscont/host.toml.
+        file: PathBuf,
+    },
     /// Mount an image or an installed container's rootfs read-only on a directory.
     ///
     /// An image is checked out by hardlinks first; the mount is a read-only bind mount, so
@@ -135,6 +149,10 @@ struct InstallArgs {
     /// Start the service and wait for the result.
     #[arg(long)]
     start: bool,
+    /// Print what the install would write (unit, config.json, tmpfiles, host files) and
+    /// change nothing.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     fetch: FetchOpts,
     /// The image to install.
@@ -399,7 +417,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 start: i.start,
                 fetch: Some(i.fetch),
             };
-            crate::container::install(&store, &o)
+            if i.dry_run {
+                crate::apply::install_dry_run(&store, &o)
+            } else {
+                crate::container::install(&store, &o)
+            }
+        }
+        Command::Apply { dry_run, file } => {
+            crate::apply::apply(&store, &crate::apply::ApplyOpts { file, dry_run })
         }
         Command::Uninstall { name } => crate::container::uninstall(&store, &name),
         Command::Containers(c) => match c {
@@ -428,6 +453,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                     no_rollback,
                     probation: std::time::Duration::from_secs(probation),
                     fetch: Some(fetch),
+                    replace_values: false,
+                    runtime: None,
                 };
                 match (all, name) {
                     (true, _) => crate::container::update_all(&store, &o),

@@ -417,6 +417,112 @@ fn build_slot(store: &Store, deps: &Deployments, t: &Target<'_>, slot: u8) -> Re
     }
 }
 
+/// What an install or an update would write, rendered without changing anything.
+#[derive(Debug)]
+pub(crate) struct Preview {
+    /// The slot it would go to.
+    pub slot_dir: PathBuf,
+    pub config: String,
+    pub service: Option<String>,
+    pub dropin: Option<String>,
+    pub tmpfiles: Option<String>,
+    /// Host files it would write: path → what (content, a symlink, a directory).
+    pub host_files: BTreeMap<String, String>,
+    /// Host files of the current deployment it would remove.
+    pub removed_host_files: Vec<String>,
+}
+
+/// The inputs of a preview (the same as an install's, or an update's with `replace_values`).
+#[derive(Debug, Clone)]
+pub(crate) struct PreviewInputs {
+    pub name: String,
+    pub image: String,
+    pub set: BTreeMap<String, String>,
+    pub set_json: BTreeMap<String, serde_json::Value>,
+    pub runtime: Option<PathBuf>,
+}
+
+/// Renders what installing (or, for an installed name, updating) would write. The image
+/// must be in the store; its rootfs is checked out into a scratch directory and removed.
+pub(crate) fn preview(store: &Store, p: &PreviewInputs) -> Result<Preview> {
+    let deps = Deployments::new(&store.checkout_path);
+    let img = store.resolve_one(&p.image)?;
+    let (slot, old) = match deps.active_slot(&p.name) {
+        Some(cur) => (1 - cur, Some(deps.read_info(&p.name, cur)?)),
+        None => (0, None),
+    };
+    let runtime = match (&p.runtime, &old) {
+        (Some(r), _) => runtime::resolve(r)?,
+        (None, Some(o)) => PathBuf::from(&o.runtime),
+        (None, None) => runtime::resolve(&runtime::default_runtime())?,
+    };
+    let target = Target {
+        name: &p.name,
+        img: &img,
+        image_arg: &p.image,
+        runtime,
+        set: p.set.clone(),
+        set_json: p.set_json.clone(),
+        uuid: old.as_ref().and_then(|o| o.values.get("UUID").cloned()),
+        remote: old.as_ref().and_then(|o| o.remote.clone()),
+    };
+    let scratch = deps
+        .root
+        .join(format!(".{}.preview-{}", p.name, std::process::id()));
+    let _ = remove_tree(&scratch);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("Creating {}", scratch.display()))?;
+    let final_dir = deps.slot_dir(&p.name, slot);
+    let res = (|| -> Result<Preview> {
+        match &target.remote {
+            Some(r) => {
+                std::os::unix::fs::symlink(remote_rootfs(Path::new(r))?, scratch.join("rootfs"))?
+            }
+            None => crate::checkout::checkout_image(store, &img, &scratch.join("rootfs"))?,
+        }
+        let r = render_slot(store, &target, &scratch, &final_dir)?;
+        let host_files = r
+            .plan
+            .entries
+            .iter()
+            .map(|(k, v)| (k.clone(), v.describe()))
+            .collect::<BTreeMap<_, _>>();
+        let removed_host_files = old
+            .as_ref()
+            .map(|o| {
+                o.installed_files_checksum
+                    .keys()
+                    .filter(|k| !host_files.contains_key(*k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Preview {
+            slot_dir: final_dir.clone(),
+            config: r.config,
+            service: r.service,
+            dropin: r.dropin,
+            tmpfiles: r.tmpfiles,
+            host_files,
+            removed_host_files,
+        })
+    })();
+    let _ = remove_tree(&scratch);
+    res
+}
+
+/// The unit, tmpfiles and config files a container has now (for diffs against a preview).
+pub(crate) fn current_files(
+    checkout_path: &Path,
+    name: &str,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let deps = Deployments::new(checkout_path);
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    let config = deps
+        .active_slot(name)
+        .and_then(|s| read(deps.slot_dir(name, s).join("config.json")));
+    (read(unit_path(name)), config, read(tmpfiles_path(name)))
+}
+
 /// The rootfs a `--rootfs` path refers to: `PATH/rootfs` if present, else PATH itself when
 /// it looks like a root filesystem (has `usr/`). (Atomic used the parent's `rootfs`, a bug.)
 fn remote_rootfs(p: &Path) -> Result<PathBuf> {
@@ -973,9 +1079,7 @@ pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String
         let slot = deps.active_slot(target).expect("installed");
         let info = deps.read_info(target, slot)?;
         if cmd.is_empty() {
-            Systemd::system()?.start(&unit_name(target), JOB_TIMEOUT)?;
-            output::status(format!("Started {}.", unit_name(target)));
-            return Ok(());
+            return start(cfg, target);
         }
         let runtime = PathBuf::from(&info.runtime);
         if runtime::is_running(&runtime, target) {
@@ -1029,6 +1133,18 @@ pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String
 }
 
 /// `syscont stop NAME`.
+/// Starts an installed container's service and waits for the job's result.
+pub(crate) fn start(cfg: &StoreConfig, name: &str) -> Result<()> {
+    deploy::validate_name(name)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    if !deps.is_installed(name) {
+        bail!("container {name} is not installed");
+    }
+    Systemd::system()?.start(&unit_name(name), JOB_TIMEOUT)?;
+    output::status(format!("Started {}.", unit_name(name)));
+    Ok(())
+}
+
 pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
     deploy::validate_name(name)?;
     let deps = Deployments::new(&cfg.checkout_path);
@@ -1050,6 +1166,10 @@ pub(crate) struct UpdateOpts {
     pub no_rollback: bool,
     pub probation: Duration,
     pub fetch: Option<crate::cli::FetchOpts>,
+    /// The values given are all the values (`apply`): earlier `--set` values are dropped.
+    pub replace_values: bool,
+    /// A new runtime (`apply`); `None` keeps the installed one.
+    pub runtime: Option<PathBuf>,
 }
 
 /// The outcome of one update, for `update --all`'s summary.
@@ -1157,18 +1277,32 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
     }
     let image_arg = o.rebase.clone().unwrap_or_else(|| old.image.clone());
     let img = image_for(&store, &image_arg, o.fetch.as_ref(), o.pull)?;
-    let mut set = old.syscont.set_values.clone();
     let new_set = parse_set(&o.set)?;
-    let mut set_json = old.syscont.set_json.clone();
-    set_json.extend(parse_set_json(&o.set_json)?);
-    let values_changed =
-        new_set.iter().any(|(k, v)| set.get(k) != Some(v)) || set_json != old.syscont.set_json;
-    set.extend(new_set);
+    let new_json = parse_set_json(&o.set_json)?;
+    let (set, set_json) = if o.replace_values {
+        (new_set, new_json)
+    } else {
+        let mut set = old.syscont.set_values.clone();
+        set.extend(new_set);
+        let mut json = old.syscont.set_json.clone();
+        json.extend(new_json);
+        (set, json)
+    };
+    let runtime = match &o.runtime {
+        Some(r) => {
+            let r = runtime::resolve(r)?;
+            runtime::check(&r)?;
+            r
+        }
+        None => PathBuf::from(&old.runtime),
+    };
+    let values_changed = set != old.syscont.set_values
+        || set_json != old.syscont.set_json
+        || runtime != Path::new(&old.runtime);
     if img.id() == old.revision && !values_changed {
         println!("Latest version already installed.");
         return Ok(UpdateOutcome::UpToDate);
     }
-    let runtime = PathBuf::from(&old.runtime);
     let target = Target {
         name,
         img: &img,

@@ -25,6 +25,19 @@ pub(crate) enum Planned {
     Dir { mode: u32 },
 }
 
+impl Planned {
+    /// A short human description: the content of a file, a symlink's target, or a directory.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Planned::File { content, mode } => {
+                format!("file, mode {mode:o}:\n{}", String::from_utf8_lossy(content))
+            }
+            Planned::Symlink { target } => format!("symlink to {}", target.display()),
+            Planned::Dir { mode } => format!("directory, mode {mode:o}"),
+        }
+    }
+}
+
 /// What an install or update will write on the host, keyed by absolute host path.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Plan {

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod error;
 
+pub(crate) mod apply;
 pub(crate) mod checkout;
 pub(crate) mod cmdutil;
 pub(crate) mod container;

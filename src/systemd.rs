@@ -331,6 +331,30 @@ pub(crate) fn is_unit_failure(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<UnitError>().is_some())
 }
 
+/// Sends sd_notify(3) lines (`STATUS=…`, `EXTEND_TIMEOUT_USEC=…`) to the service manager
+/// when syscont runs as a service with `$NOTIFY_SOCKET`; does nothing otherwise.
+pub(crate) fn notify(lines: &[&str]) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = lines.join("\n");
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::debug!("sd_notify to {:?}: {e}", path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
