@@ -1223,3 +1223,176 @@ fn tera_templates_with_structured_values() {
 }
 
 const TERA_SERVICE: &str = "[Unit]\nDescription={{ NAME }} (Tera)\n\n[Service]\nExecStart={{ EXEC_START }}\nExecStop={{ EXEC_STOP }}\nWorkingDirectory={{ DESTDIR }}\n\n[Install]\nWantedBy=multi-user.target\n";
+
+fn unit_with(deps: &str) -> String {
+    format!("[Unit]\nDescription=$NAME\n{deps}\n\n[Service]\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nWorkingDirectory=$DESTDIR\n\n[Install]\nWantedBy=multi-user.target\n")
+}
+
+impl World {
+    fn write_inside(&self, inside: &str, content: &str) {
+        let dir = Path::new(inside).parent().unwrap().display().to_string();
+        self.tb.sh_ok(&format!("mkdir -p '{dir}'"));
+        std::fs::write(self.path(inside), content).unwrap();
+    }
+
+    fn active_since(&self, unit: &str) -> u64 {
+        self.systemctl(&format!("show -P ActiveEnterTimestampMonotonic {unit}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+#[test]
+fn apply_converges_orders_and_plans() {
+    let w = World::new();
+    let config = CONFIG_TEMPLATE.replace("$EXTRA_ENV", "");
+    let tmpfiles = "d    ${RUN_DIRECTORY}/${NAME}   0700 ${HOST_UID} ${HOST_GID} - -\n";
+    for (img, deps) in [
+        ("app-base:latest", String::new()),
+        (
+            "app-top:latest",
+            "Requires=base.service\nAfter=base.service".to_string(),
+        ),
+        ("cyc-a:latest", "After=cyc-b.service".to_string()),
+        ("cyc-b:latest", "After=cyc-a.service".to_string()),
+    ] {
+        image(
+            w._work.path(),
+            &w.reg,
+            img,
+            RUN_HTTPD,
+            &[
+                ("config.json.template", &config),
+                ("service.template", &unit_with(&deps)),
+                ("tmpfiles.template", tmpfiles),
+                (
+                    "manifest.json",
+                    r#"{"version": "1.0", "defaultValues": {"PORT": "8300", "RECEIVER": "World"}}"#,
+                ),
+            ],
+            &["atomic.type=system"],
+        );
+    }
+    let reg = w.reg.addr();
+    let host = |top_receiver: &str, top_state: &str| {
+        format!(
+            "# The engine-like container is listed first; its unit needs base.\n\
+             [defaults]\ntls-verify = false\nprobation = 1\n\n\
+             [[container]]\nname = \"top\"\nimage = \"docker://{reg}/app-top:latest\"\nstate = \"{top_state}\"\n\
+             set = {{ PORT = 8301, RECEIVER = \"{top_receiver}\" }}\n\n\
+             [[container]]\nname = \"base\"\nimage = \"docker://127.0.0.1:1/app-base:latest\"\n\
+             fallbacks = [\"docker://{reg}/app-base:latest\"]\nset = {{ PORT = 8300 }}\n"
+        )
+    };
+    let file = "/etc/syscont/host.toml";
+    w.write_inside(file, &host("Top", "present"));
+
+    // A dry run pulls nothing and changes nothing; with the images stored it shows the
+    // files and the order the units give.
+    w.ok(&[
+        "pull",
+        "--tls-verify=false",
+        &format!("docker://{reg}/app-base:latest"),
+    ]);
+    w.ok(&[
+        "pull",
+        "--tls-verify=false",
+        &format!("docker://{reg}/app-top:latest"),
+    ]);
+    let plan = w.ok(&["apply", "--dry-run", file]);
+    assert!(plan.contains("Plan (2 change(s))"), "{plan}");
+    let (b, t) = (
+        plan.find("install base").unwrap(),
+        plan.find("install top").unwrap(),
+    );
+    assert!(b < t, "base must come before top:\n{plan}");
+    assert!(
+        plan.contains("+ Requires=base.service") && plan.contains("\"RECEIVER=Top\""),
+        "{plan}"
+    );
+    assert!(!w.exists("/etc/systemd/system/top.service") && !w.exists(&format!("{CHECKOUT}/top")));
+    let one = w.ok(&[
+        "install",
+        "--dry-run",
+        "--name",
+        "solo",
+        "--set",
+        "PORT=8309",
+        &format!("docker://{reg}/app-base:latest"),
+    ]);
+    assert!(
+        one.contains("install solo") && one.contains("PORT=8309"),
+        "{one}"
+    );
+    assert!(!w.exists("/etc/systemd/system/solo.service"));
+
+    // Apply: base from its fallback, then top; both run, top started after base.
+    let out = w.ok(&["apply", file]);
+    assert!(out.contains("from the fallback"), "{out}");
+    assert!(
+        out.find("==> install base").unwrap() < out.find("==> install top").unwrap(),
+        "{out}"
+    );
+    assert!(w.http(8300).contains("from base") && w.http(8301).contains("Hi Top from top"));
+    assert!(w.active_since("top.service") > w.active_since("base.service"));
+    // A second run changes nothing and says so.
+    assert!(w
+        .ok(&["apply", file])
+        .contains("Nothing to do: 2 container(s)"));
+
+    // A changed value: the plan shows the diff, apply updates (health-gated), UUID kept.
+    let uuid = w.read(&format!("{CHECKOUT}/top/info"));
+    w.write_inside(file, &host("Changed", "present"));
+    let plan = w.ok(&["apply", "--dry-run", file]);
+    assert!(
+        plan.contains("update top: values changed: RECEIVER"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("- ") && plan.contains("+ ") && plan.contains("RECEIVER=Changed"),
+        "{plan}"
+    );
+    w.ok(&["apply", file]);
+    assert!(w.http(8301).contains("Hi Changed from top"));
+    let info =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["values"]["UUID"].clone();
+    assert_eq!(info(&uuid), info(&w.read(&format!("{CHECKOUT}/top/info"))));
+    // A stopped service is started again.
+    w.systemctl("stop top.service");
+    assert!(w.ok(&["apply", file]).contains("start top"));
+    assert!(w.systemctl("is-active top.service").starts_with("active"));
+    // Absent: removed; the rest stays.
+    w.write_inside(file, &host("Changed", "absent"));
+    w.ok(&["apply", file]);
+    assert!(
+        !w.exists("/etc/systemd/system/top.service") && !w.exists(&format!("{CHECKOUT}/top.0"))
+    );
+    assert!(w.systemctl("is-active base.service").starts_with("active"));
+
+    // A cycle is refused before anything changes.
+    let cyc = format!(
+        "[defaults]\ntls-verify = false\n[[container]]\nname = \"cyc-a\"\nimage = \"docker://{reg}/cyc-a:latest\"\n\
+         [[container]]\nname = \"cyc-b\"\nimage = \"docker://{reg}/cyc-b:latest\"\n"
+    );
+    w.write_inside("/etc/syscont/cycle.toml", &cyc);
+    let e = w.fails(&["apply", "/etc/syscont/cycle.toml"]);
+    assert!(
+        e.contains("cycle") && e.contains("cyc-a, cyc-b") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert!(
+        !w.exists("/etc/systemd/system/cyc-a.service") && !w.exists(&format!("{CHECKOUT}/cyc-a"))
+    );
+    // A bad host file names the line; nothing changes.
+    w.write_inside(
+        "/etc/syscont/bad.toml",
+        "[[container]]\nname = \"x\"\nimage = \"y\"\nstrat = true\n",
+    );
+    let e = w.fails(&["apply", "/etc/syscont/bad.toml"]);
+    assert!(
+        e.contains("bad.toml") && e.contains("line 4") && e.contains("strat"),
+        "{e}"
+    );
+    w.ok(&["uninstall", "base"]);
+}
