@@ -197,8 +197,10 @@ fn fetch_opts(d: &Defaults) -> FetchOpts {
     }
 }
 
-/// Finds the image for `w`: pulls each source in order (unless `offline`), and when none
-/// can be pulled, keeps to one that is already stored.
+/// Finds the image for `w`: the sources in order, each pulled (unless `offline`) or, when
+/// that fails, as already stored; a fallback is only tried when the sources before it
+/// are neither reachable nor stored. So a provisioned host that boots without a network
+/// keeps the images it has.
 fn resolve_image(
     store: &Store,
     w: &Wanted,
@@ -207,8 +209,10 @@ fn resolve_image(
 ) -> Result<(Option<ImageRecord>, Option<String>)> {
     let sources = w.sources();
     let mut errors = Vec::new();
-    if !offline {
-        for (i, src) in sources.iter().enumerate() {
+    for (i, src) in sources.iter().enumerate() {
+        let fallback_note =
+            |how: &str| (i > 0).then(|| format!("{how} the fallback {src}; {}", errors.join("; ")));
+        if !offline {
             systemd::notify(&[
                 &format!("STATUS=Pulling {src} for {}", w.spec.name),
                 "EXTEND_TIMEOUT_USEC=300000000",
@@ -222,27 +226,21 @@ fn resolve_image(
                     let img = store
                         .image_by_name(&r.name)?
                         .ok_or_else(|| anyhow!("image {} vanished after the pull", r.name))?;
-                    let note = (i > 0).then(|| {
-                        format!(
-                            "from the fallback {src} ({} could not be pulled)",
-                            sources[0]
-                        )
-                    });
-                    return Ok((Some(img), note));
+                    return Ok((Some(img), fallback_note("pulled from")));
                 }
-                Err(e) => errors.push(format!("{src}: {e:#}")),
+                Err(e) => errors.push(format!("{src} could not be pulled: {e:#}")),
             }
         }
-    }
-    for src in &sources {
         if let Ok(img) = store.resolve_one(src) {
-            let note = (!offline).then(|| {
-                format!(
-                    "using the stored image {}; no source could be pulled: {}",
+            let note = if offline {
+                None
+            } else {
+                Some(format!(
+                    "using the stored image {}; {}",
                     img.name,
                     errors.join("; ")
-                )
-            });
+                ))
+            };
             return Ok((Some(img), note));
         }
     }
@@ -305,7 +303,8 @@ fn decide(
         if let Some(sd) = sd {
             let unit = format!("{}.service", w.spec.name);
             let st = sd.unit_state(&unit)?;
-            if st.active_state != "active" && st.active_state != "activating" {
+            // A unit the boot is starting (a start job is queued) needs nothing from us.
+            if st.active_state != "active" && st.active_state != "activating" && !st.job_pending {
                 return Ok(Action::Start);
             }
         }

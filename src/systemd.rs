@@ -68,6 +68,9 @@ trait Unit {
     fn sub_state(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn load_state(&self) -> zbus::Result<String>;
+    /// The unit's pending job (ID 0 when there is none).
+    #[zbus(property)]
+    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
 }
 
 #[zbus::proxy(
@@ -109,6 +112,8 @@ pub(crate) struct UnitState {
     pub load_state: String,
     pub result: String,
     pub main_pid: u32,
+    /// Whether a job (e.g. the boot's start job) is pending for the unit.
+    pub job_pending: bool,
 }
 
 /// One connection to systemd, kept for the life of the process.
@@ -277,6 +282,7 @@ impl Systemd {
             load_state: u.load_state().map_err(dbus_err)?,
             result: s.result().unwrap_or_default(),
             main_pid: s.main_pid().unwrap_or(0),
+            job_pending: u.job().map(|(id, _)| id != 0).unwrap_or(false),
         })
     }
 

@@ -1329,7 +1329,7 @@ fn apply_converges_orders_and_plans() {
 
     // Apply: base from its fallback, then top; both run, top started after base.
     let out = w.ok(&["apply", file]);
-    assert!(out.contains("from the fallback"), "{out}");
+    assert!(out.contains("pulled from the fallback"), "{out}");
     assert!(
         out.find("==> install base").unwrap() < out.find("==> install top").unwrap(),
         "{out}"
@@ -1395,4 +1395,242 @@ fn apply_converges_orders_and_plans() {
         "{e}"
     );
     w.ok(&["uninstall", "base"]);
+}
+
+/// Copies a dynamically linked program and the libraries it needs into a rootfs.
+fn copy_program(bin: &str, root: &Path) {
+    let dest = root
+        .join("usr/bin")
+        .join(Path::new(bin).file_name().unwrap());
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(bin, &dest).unwrap();
+    let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let d = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &d).unwrap();
+    }
+}
+
+/// The demo's etcd (Debian's etcd 3.4) and flannel-style images, built and pushed.
+fn etcd_and_flannel(work: &Path, reg: &Registry) {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images");
+    for tool in ["/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/bin/gcc"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: run `make test` (packaging/deps.sh)"
+        );
+    }
+    let etcd = work.join("etcd");
+    busybox_rootfs(&etcd, "#!/bin/sh\n");
+    copy_program("/usr/bin/etcd", &etcd);
+    copy_program("/usr/bin/etcdctl", &etcd);
+    let flannel = work.join("flannel");
+    busybox_rootfs(&flannel, "#!/bin/sh\n");
+    for a in ["mv", "sleep"] {
+        let _ = std::os::unix::fs::symlink("busybox", flannel.join("bin").join(a));
+    }
+    copy_program("/usr/bin/etcdctl", &flannel);
+    std::fs::copy(
+        demo.join("flannel/flanneld.sh"),
+        flannel.join("usr/bin/flanneld.sh"),
+    )
+    .unwrap();
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(flannel.join("usr/bin/sd-notify"))
+        .arg(demo.join("sd-notify.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "building sd-notify");
+    for (name, root) in [("etcd", &etcd), ("flannel", &flannel)] {
+        let out = std::process::Command::new(BIN)
+            .args(["build", "--rootfs", root.to_str().unwrap()])
+            .args([
+                "--exports",
+                demo.join(name).join("exports").to_str().unwrap(),
+            ])
+            .args([
+                "--label",
+                "atomic.type=system",
+                "--tag",
+                &format!("{name}:latest"),
+            ])
+            .args([
+                "--push",
+                &format!("docker://{}/{name}:latest", reg.addr()),
+                "--tls-verify=false",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "build {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn host_toml(reg: &str) -> String {
+    format!(
+        "# flannel is listed first; its unit orders it after etcd.\n\
+         [defaults]\ntls-verify = false\n\n\
+         [[container]]\nname = \"flannel\"\nimage = \"docker://{reg}/flannel:latest\"\n\
+         fallbacks = [\"oci-archive:/var/lib/syscont-images/flannel.tar\"]\n\
+         set = {{ ETCD_ENDPOINTS = \"http://127.0.0.1:22379\" }}\n\n\
+         [[container]]\nname = \"etcd\"\nimage = \"docker://{reg}/etcd:latest\"\n\
+         fallbacks = [\"oci-archive:/var/lib/syscont-images/etcd.tar\"]\n\
+         set = {{ ETCD_PORT = 22379, ETCD_PEER_PORT = 22380 }}\n"
+    )
+}
+
+/// Prepares a host disk: the host file, syscont's boot unit (enabled) and the archives.
+fn provision(disk: &Path, host: &str, archives: &Path) {
+    let root = Testbed::disk_root(disk);
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("units/syscont-apply.service"),
+    )
+    .unwrap()
+    .replace("/usr/bin/syscont", BIN);
+    write(&root.join("etc/syscont/host.toml"), host);
+    write(
+        &root.join("etc/systemd/system/syscont-apply.service"),
+        &unit,
+    );
+    std::fs::create_dir_all(root.join("var/lib/syscont-images")).unwrap();
+    for f in ["etcd.tar", "flannel.tar"] {
+        std::fs::copy(
+            archives.join(f),
+            root.join("var/lib/syscont-images").join(f),
+        )
+        .unwrap();
+    }
+    // A first boot enables the unit, as a package's postinst or an image build would.
+    let tb = Testbed::boot_disk(disk);
+    tb.sh_ok("systemctl enable syscont-apply.service");
+}
+
+/// Waits for etcd during a boot, gives it the network configuration flannel waits for,
+/// then waits for the boot to finish.
+fn seed_network_during_boot(tb: &Testbed) {
+    let start = std::time::Instant::now();
+    while !tb.sh("systemctl is-active etcd.service").status.success() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "etcd did not start at boot:\n{}",
+            tb.sh_ok("journalctl -b --no-pager | tail -40")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    tb.sh_ok(&format!(
+        "{BIN} run etcd etcdctl put /coreos.com/network/config '{{\"Network\": \"10.60.0.0/16\"}}'"
+    ));
+    tb.wait_running();
+}
+
+/// What syscont-apply said in this boot (the testbed's boots share one boot ID).
+fn apply_log(tb: &Testbed) -> String {
+    tb.sh_ok(
+        "journalctl --no-pager _SYSTEMD_INVOCATION_ID=$(systemctl show -P InvocationID syscont-apply.service)",
+    )
+}
+
+fn check_running_in_order(tb: &Testbed) {
+    for u in ["syscont-apply", "etcd", "flannel"] {
+        let o = tb.sh(&format!("systemctl is-active {u}.service"));
+        assert!(
+            o.status.success(),
+            "{u} is not active:\n{}",
+            tb.sh_ok("journalctl -b --no-pager -u syscont-apply -u flannel | tail -40")
+        );
+    }
+    let since = |u: &str| -> u64 {
+        tb.sh_ok(&format!(
+            "systemctl show -P ActiveEnterTimestampMonotonic {u}"
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    assert!(
+        since("flannel.service") > since("etcd.service"),
+        "flannel must start after etcd"
+    );
+    assert!(tb
+        .sh_ok("cat /run/flannel/subnet.env")
+        .contains("10.60.0.0/16"));
+    for daemon in ["dockerd", "containerd", "podman", "conmon"] {
+        assert!(
+            !tb.sh(&format!("pgrep -x {daemon}")).status.success(),
+            "{daemon} runs"
+        );
+    }
+}
+
+#[test]
+fn apply_at_boot_then_reboot_then_air_gapped() {
+    require_root();
+    let reg = Registry::start();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    etcd_and_flannel(work.path(), &reg);
+    let archives = work.path().join("archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    for name in ["etcd", "flannel"] {
+        let st = std::process::Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/{name}:latest", reg.addr()))
+            .arg(format!("oci-archive:{}/{name}.tar", archives.display()))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    // First boot of a provisioned host: syscont-apply installs and starts etcd, then
+    // flannel (which is ready once it has read its network from etcd).
+    let disk = work.path().join("host-disk");
+    provision(&disk, &host_toml(&reg.addr()), &archives);
+    let tb = Testbed::start_disk(&disk);
+    seed_network_during_boot(&tb);
+    check_running_in_order(&tb);
+    let log = apply_log(&tb);
+    assert!(
+        log.contains("install etcd") && log.contains("install flannel"),
+        "{log}"
+    );
+    assert!(
+        log.find("==> install etcd").unwrap() < log.find("==> install flannel").unwrap(),
+        "{log}"
+    );
+    assert!(tb
+        .sh_ok(&format!("{BIN} apply /etc/syscont/host.toml"))
+        .contains("Nothing to do"));
+    drop(tb);
+
+    // Reboot with the registry gone: the units come back by themselves (enabled), apply
+    // keeps the stored images, and nothing is fetched again.
+    drop(reg);
+    let tb = Testbed::boot_disk(&disk);
+    check_running_in_order(&tb);
+    let log = apply_log(&tb);
+    assert!(
+        log.contains("Nothing to do") && !log.contains("Layer sha256"),
+        "{log}"
+    );
+    drop(tb);
+
+    // Air-gapped: a fresh host whose registry cannot be reached installs from the
+    // oci-archive files shipped on its disk.
+    let disk2 = work.path().join("air-gapped-disk");
+    provision(&disk2, &host_toml("127.0.0.1:1"), &archives);
+    let tb = Testbed::start_disk(&disk2);
+    seed_network_during_boot(&tb);
+    check_running_in_order(&tb);
+    let log = apply_log(&tb);
+    assert!(
+        log.contains("pulled from the fallback oci-archive:/var/lib/syscont-images/etcd.tar"),
+        "{log}"
+    );
 }

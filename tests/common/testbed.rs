@@ -12,13 +12,20 @@ const INIT: &str = r#"set -e
 mount --make-rprivate /
 R=/mnt
 mount -t tmpfs -o size=2g tmpfs "$R"
-mkdir -p "$R/upper" "$R/work" "$R/merged"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$R/upper,workdir=$R/work" "$R/merged"
+mkdir -p "$R/merged"
+# The changes go to a tmpfs, or to $DISK when the testbed's disk outlives a boot.
+U=${DISK:-$R}
+mkdir -p "$U/upper" "$U/work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$U/upper,workdir=$U/work" "$R/merged"
 mount --rbind /dev "$R/merged/dev"
 mkdir -p "$R/merged/.oldroot"
 # Only the vendor's units boot: services this machine enabled (registries, databases,
-# timers) would start in every testbed and keep it from settling.
-rm -rf "$R"/merged/etc/systemd/system/*.wants "$R"/merged/etc/systemd/system/*.requires
+# timers) would start in every testbed and keep it from settling. On a disk that
+# outlives a boot this happens once, so what was enabled inside stays enabled.
+if [ ! -e "$U/prepared" ]; then
+    rm -rf "$R"/merged/etc/systemd/system/*.wants "$R"/merged/etc/systemd/system/*.requires
+    [ -z "$DISK" ] || touch "$U/prepared"
+fi
 cd "$R/merged"
 pivot_root . .oldroot
 exec /lib/systemd/systemd --system --unit=multi-user.target </dev/null >/dev/null 2>&1
@@ -42,6 +49,36 @@ fn children_of(pid: u32) -> Vec<u32> {
 impl Testbed {
     /// Boots systemd and waits until it reports `running` (or `degraded`).
     pub fn boot() -> Testbed {
+        Self::boot_on(None)
+    }
+
+    /// Boots with the changes kept in `disk` (a directory on the host), so that a later
+    /// boot on the same disk is a reboot of the same machine.
+    pub fn boot_disk(disk: &Path) -> Testbed {
+        let tb = Self::start_on(Some(disk));
+        tb.wait_running();
+        tb
+    }
+
+    /// Like [`Testbed::boot_disk`], but returns as soon as systemd answers, while the boot
+    /// goes on (for boots that wait for something the test does).
+    pub fn start_disk(disk: &Path) -> Testbed {
+        Self::start_on(Some(disk))
+    }
+
+    /// The directory inside `disk` that holds the files written inside (e.g. to prepare
+    /// files before a boot).
+    pub fn disk_root(disk: &Path) -> PathBuf {
+        disk.join("upper")
+    }
+
+    fn boot_on(disk: Option<&Path>) -> Testbed {
+        let tb = Self::start_on(disk);
+        tb.wait_running();
+        tb
+    }
+
+    fn start_on(disk: Option<&Path>) -> Testbed {
         super::require_root();
         for tool in [
             "/usr/bin/unshare",
@@ -53,7 +90,14 @@ impl Testbed {
                 "{tool} is missing: run `make test`"
             );
         }
-        let unshare = Command::new("setsid")
+        let mut cmd = Command::new("setsid");
+        if let Some(d) = disk {
+            std::fs::create_dir_all(d).unwrap();
+            cmd.env("DISK", d);
+        } else {
+            cmd.env_remove("DISK");
+        }
+        let unshare = cmd
             .args([
                 "unshare",
                 "--pid",
@@ -98,6 +142,13 @@ impl Testbed {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        tb
+    }
+
+    /// Waits until the boot is done: systemd reports `running` (or `degraded`).
+    pub fn wait_running(&self) {
+        let tb = self;
+        let start = Instant::now();
         // Poll rather than `--wait`: a unit that never settles must fail the test, not hang it.
         let state = loop {
             let out = tb.exec(&["systemctl", "is-system-running"]);
@@ -122,7 +173,6 @@ impl Testbed {
                 String::from_utf8_lossy(&failed.stdout)
             );
         }
-        tb
     }
 
     /// The host PID of the testbed's PID 1.
