@@ -123,7 +123,6 @@ if want disk; then
     for tool in $TOOLS; do
         log "disk: $tool"
         "$BENCH_DIR/lib/prepare.sh" "$tool" >/dev/null
-        du_row "$tool" base empty
         for image in debian-base:1 debian-base-rebuilt:1 etcd:3.4; do
             "$BENCH_DIR/lib/pull.sh" "$tool" "$WORK/$tool" "$image" checkout >/dev/null
             du_row "$tool" base "$image"
