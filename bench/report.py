@@ -61,10 +61,11 @@ def secs(t):
 
 
 def span(r):
-    lo, hi = float(r["min"]), float(r["max"])
-    if hi < 0.1:
+    """min-max in the unit and precision secs() uses for the median."""
+    lo, hi, med = float(r["min"]), float(r["max"]), float(r["median"])
+    if med < 0.1:
         return f"{lo * 1000:.1f}-{hi * 1000:.1f}"
-    return f"{lo:.3f}-{hi:.3f}" if hi < 1 else f"{lo:.2f}-{hi:.2f}"
+    return f"{lo:.3f}-{hi:.3f}" if med < 1 else f"{lo:.2f}-{hi:.2f}"
 
 
 def ratio(a, b):
@@ -102,6 +103,35 @@ def main():
       f"{machine.get('load_after', '?')}. With few runs or other work on the machine, the "
       "figures are noisy: compare medians and keep the min-max range in view.\n")
 
+    # --- summary --------------------------------------------------------------------
+    def med(name, tool):
+        r = times.get((name, tool))
+        return float(r["median"]) if r else None
+
+    lines = []
+    for name, desc in SCENARIOS:
+        if name not in ("cold-etcd", "warm-etcd", "rebuilt", "update-hello", "cold-big"):
+            continue
+        m = {t: med(name, t) for t in TOOLS}
+        if not (m["syscont"] and m["recipe"] and m["podman"]):
+            continue
+        floor = FLOOR_2CORE.get(COLD_IMAGE.get(name, ""))
+        extra = f", {m['syscont'] / floor:.1f}x the 2-core floor" if floor else ""
+        lines.append(f"- {desc}: syscont {secs(m['syscont'])}, "
+                     f"{m['syscont'] / m['recipe']:.2f}x the recipe and "
+                     f"{m['syscont'] / m['podman']:.2f}x podman{extra}.")
+    if disk:
+        byd = {(r["tool"], r["after"]): int(r["store"]) for r in disk if r["sequence"] == "base"}
+        s_, p_ = byd.get(("syscont", "etcd:3.4")), byd.get(("podman", "etcd:3.4"))
+        if s_ and p_:
+            lines.append(f"- Disk after debian-base, its rebuild and etcd: syscont's repository "
+                         f"{s_ / MIB:.0f} MiB, podman's storage {p_ / MIB:.0f} MiB "
+                         f"({s_ / p_:.2f}x).")
+    if lines:
+        w("## Summary (medians of this run)\n")
+        out.extend(lines)
+        w("")
+
     # --- headline -------------------------------------------------------------------
     w("## Time: pull + checkout\n")
     w("Wall-clock seconds of one command per tool, from hyperfine: median, then min-max. "
@@ -124,7 +154,8 @@ def main():
           f"| {ratio(med['syscont'], med['podman'])} | {secs(floor) if floor else '-'} "
           f"| {ratio(med['syscont'], floor)} |")
     w("")
-    w("\\* The floor is **taken from the reference measurement**, not measured by this run: "
+    w("\\* The floor is **taken from the reference measurement** (the project's baselines, "
+      "a 2-vCPU AMD EPYC virtual machine with ext4 on virtio-blk), not measured by this run: "
       "for each fixture, fetch + inflate + sha256 + file creation on ext4, spread over two "
       "cores (max of the slowest stage and half the one-core total). It exists for the cold "
       "pulls only. A ratio below 1.00x means syscont is faster.\n")

@@ -146,7 +146,7 @@ rss() { # IMAGE
                 # the binary itself, so the figure is syscont's (or its skopeo proxy's)
                 /usr/bin/time -v -o "$out" "$SYSCONT" -q --repo "$WORK/syscont/repo" \
                     --checkout-path "$WORK/syscont/checkouts" pull --tls-verify=false \
-                    "docker://$REGISTRY/$image"
+                    "docker://$REGISTRY/$image" >/dev/null
             else
                 /usr/bin/time -v -o "$out" "$BENCH_DIR/lib/pull.sh" "$tool" "$WORK/$tool" "$image"
             fi

@@ -8,9 +8,10 @@ OUTDIR/{small,medium,large,mixed}/ receive:
   medium     800 files of 64 KiB-1 MiB
   large       12 files of 8-48 MiB
   mixed      600 files of 1 KiB-4 MiB
-Half of the files are random bytes, half word-salad text (gzip ratio about 0.45); about
-1.07 GB in all. --scale shrinks the file counts for a quick try.
+Sizes are log-uniform between the bounds. Half of the files are random bytes, half
+word-salad text (gzip ratio about 0.45); about 1.07 GB in all. --scale shrinks the file counts for a quick try.
 """
+import math
 import os
 import random
 import sys
@@ -45,7 +46,7 @@ def main():
     for name, count, lo, hi, per_dir in LAYERS:
         count = max(1, int(count * scale))
         for i in range(count):
-            size = rng.randint(lo, hi)
+            size = int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
             d = os.path.join(outdir, name, "data", f"d{i // per_dir:03d}")
             os.makedirs(d, exist_ok=True)
             if i % 2 == 0:
