@@ -5,7 +5,7 @@
 #   debian-base-rebuilt:1  the same tree, mtimes shifted by 30 days, /etc/image-build-id changed
 #   etcd:3.4               debian-base:1's blob + Debian etcd-server/etcd-client + /exports
 #   hello:1, hello:2       busybox-static, one layer; they differ only in /etc/hello.conf
-#   big:1                  four generated layers (lib/genbig.py), about 1.07 GB (skip: BIG=0)
+#   big:1                  four generated layers (lib/genbig.py), about 1 GB (skip: BIG=0)
 #
 # Everything is cached under /var/tmp/syscont-bench/fixtures; FORCE=1 rebuilds the layers
 # (the debootstrap tree stays cached: delete fixtures/rootfs-debian-base* to redo it).
@@ -131,7 +131,7 @@ big_layers() {
     local b=$T/big part pids=()
     if [ ! -e "$b.ok" ] || [ "$FORCE" = 1 ]; then
         rm -rf "$b"
-        log "generating big:1's files (about 1.07 GB)"
+        log "generating big:1's files (about 1 GB)"
         python3 "$BENCH_DIR/lib/genbig.py" "$b"
         touch "$b.ok"
     fi

@@ -9,7 +9,7 @@ OUTDIR/{small,medium,large,mixed}/ receive:
   large       12 files of 8-48 MiB
   mixed      600 files of 1 KiB-4 MiB
 Sizes are log-uniform between the bounds. Half of the files are random bytes, half
-word-salad text (gzip ratio about 0.45); about 1.07 GB in all. --scale shrinks the file counts for a quick try.
+word-salad text (gzip ratio about 0.45); about 1.02 GB in all. --scale shrinks the file counts for a quick try.
 """
 import math
 import os
