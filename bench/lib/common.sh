@@ -1,4 +1,4 @@
-# Shared settings and helpers for the benchmark scripts. Source it; do not run it.
+# Shared settings and functions for the benchmark scripts. Source it; do not run it.
 # shellcheck shell=bash
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,11 +33,11 @@ trash() {
 # Delete the trash (and leftover state). Prints the number of deleted entries so the
 # caller can decide whether to let ext4 settle before timing anything.
 empty_trash() {
-    local n=0 m
+    local n=0 m d
     for d in "$TRASH" "$@"; do
         [ -e "$d" ] || continue
         # podman's overlay driver may leave mounts below its storage.
-        findmnt -rn -o TARGET | grep -F "$d/" | sort -r | while read -r m; do
+        { findmnt -rn -o TARGET | grep -F "$d/" || true; } | sort -r | while read -r m; do
             umount -l "$m" || true
         done
         n=$((n + $(find "$d" -xdev 2>/dev/null | wc -l)))
