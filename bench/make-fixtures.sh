@@ -51,12 +51,13 @@ debian_base_tree() {
         debootstrap --variant=minbase bookworm "$new" "$MIRROR" > "$FIXTURES/debootstrap.log"
         touch "$new.ok"
     fi
+    # shellcheck disable=SC2016 # dpkg-query's format, not shell
     chroot "$new" dpkg-query -W -f '${Package} ${Version}\n' > "$FIXTURES/debian-base.packages"
     # Clean it the way Docker base images are cleaned.
     rm -rf "$new"/var/lib/apt/lists/* "$new"/var/cache/apt/*.bin \
         "$new"/var/cache/apt/archives/*.deb "$new"/var/cache/apt/archives/partial/* \
         "$new"/var/cache/debconf/*-old "$new"/var/lib/dpkg/*-old \
-        "$new"/dev/* "$new"/tmp/* "$new"/run/* "$new"/var/log/bootstrap.log
+        "${new:?}"/dev/* "$new"/tmp/* "$new"/run/* "$new"/var/log/bootstrap.log
     find "$new/var/log" -type f -exec truncate -s 0 {} +
     printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$new/etc/hosts"
     echo localhost > "$new/etc/hostname"
@@ -86,10 +87,11 @@ etcd_layers() {
     local pk=$T/etcd-packages ex=$T/etcd-exports debs=$FIXTURES/debs
     if fresh "$L/etcd-packages.tar.gz"; then
         rm -rf "$pk" && mkdir -p "$pk" "$debs"
-        (cd "$debs" && [ -n "$(ls etcd-server_*.deb 2>/dev/null)" ] && [ -n "$(ls etcd-client_*.deb 2>/dev/null)" ] \
-            || apt-get download -q etcd-server etcd-client)
+        if ! compgen -G "$debs/etcd-server_*.deb" >/dev/null || ! compgen -G "$debs/etcd-client_*.deb" >/dev/null; then
+            (cd "$debs" && apt-get download -q etcd-server etcd-client)
+        fi
         for d in "$debs"/etcd-server_*.deb "$debs"/etcd-client_*.deb; do dpkg-deb -x "$d" "$pk"; done
-        ls "$debs"/*.deb | xargs -n1 basename > "$FIXTURES/etcd.packages"
+        (cd "$debs" && printf '%s\n' *.deb) > "$FIXTURES/etcd.packages"
         install -m 0755 "$SRC/etcd/etcd-env.sh" "$pk/usr/bin/etcd-env.sh"
         mktar "$pk" "$L/etcd-packages.tar.gz"
     fi

@@ -18,7 +18,7 @@ rootfs=$state/checkouts/rootfs-$(date +%s%N)
 
 case $tool in
 syscont)
-    s=(${SYSCONT:?} -q --repo "$state/repo" --checkout-path "$state/checkouts")
+    s=("${SYSCONT:?}" -q --repo "$state/repo" --checkout-path "$state/checkouts")
     "${s[@]}" pull --tls-verify=false "docker://$reg/$image"
     if [ "$checkout" = checkout ]; then
         "${s[@]}" images checkout "$reg/$image" "$rootfs"
