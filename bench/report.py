@@ -97,11 +97,22 @@ def main():
       "(`bench/run.sh`, then `bench/report.py`); see [bench/README.md](../bench/README.md) "
       "for how to run it and where the raw data goes.\n")
     w(f"This run: {machine.get('date', '?')}, RUNS={runs}, RUNS_BIG={runs_big}"
-      f"{', big:1 skipped (BIG=0)' if settings.get('BIG') == '0' else ''}; the whole run took "
-      f"{int(settings.get('duration_s', 0)) // 60} min {int(settings.get('duration_s', 0)) % 60} s. "
+      f"{', big:1 skipped (BIG=0)' if settings.get('BIG') == '0' else ''}; from start to report "
+      f"it took {int(settings.get('duration_s', 0)) // 60} min {int(settings.get('duration_s', 0)) % 60} s "
+      "(deleting the scratch state afterwards takes longer on a big run). "
       f"Load average before: {machine.get('load_before', '?')}, after: "
       f"{machine.get('load_after', '?')}. With few runs or other work on the machine, the "
       "figures are noisy: compare medians and keep the min-max range in view.\n")
+
+    try:
+        busy = max(float(machine[k].split()[0]) for k in ("load_before", "load_after"))
+        if busy > 0.5 * int(machine.get("nproc", "1")):
+            w(f"**Other work ran on the machine during this run** (1-minute load average up to "
+              f"{busy:.1f} on {machine.get('nproc')} CPUs, from before the benchmark started): "
+              "the times below, and the ratios between tools that ran minutes apart, carry that "
+              "noise. Re-run `make bench` on a quiet machine before drawing conclusions.\n")
+    except (KeyError, ValueError):
+        pass
 
     # --- summary --------------------------------------------------------------------
     def med(name, tool):
