@@ -51,7 +51,7 @@ pub(crate) fn has_merged_rootfs(store: &Store, img: &ImageRecord) -> Result<bool
 /// The commit and subpath holding the image's merged rootfs. For images without one, the
 /// union is computed (and kept as an unreferenced commit until the next prune); the caller
 /// must hold the store lock then.
-fn rootfs_source(store: &Store, img: &ImageRecord) -> Result<(String, &'static str)> {
+pub(crate) fn rootfs_source(store: &Store, img: &ImageRecord) -> Result<(String, &'static str)> {
     if has_merged_rootfs(store, img)? {
         return Ok((img.commit.clone(), "/rootfs"));
     }

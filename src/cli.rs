@@ -95,6 +95,10 @@ enum Command {
         /// The host file, e.g. /etc/syscont/host.toml.
         file: PathBuf,
     },
+    /// Check what installs need on this host (runtime, skopeo and its image proxy,
+    /// libostree, the repository and checkout path, cgroups, systemd over D-Bus, free
+    /// space), each with a hint when something is wrong.
+    Doctor,
     /// Mount an image or an installed container's rootfs read-only on a directory.
     ///
     /// An image is checked out by hardlinks first; the mount is a read-only bind mount, so
@@ -209,6 +213,12 @@ enum ContainersCommand {
     },
     /// Switch a container back to its other deployment.
     Rollback {
+        /// The container name.
+        name: String,
+    },
+    /// Compare a container's rootfs with its image in the store, and its host files with
+    /// the checksums recorded at install; report every drifted, missing or extra file.
+    Verify {
         /// The container name.
         name: String,
     },
@@ -463,6 +473,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 }
             }
             ContainersCommand::Rollback { name } => crate::container::rollback(&store, &name),
+            ContainersCommand::Verify { name } => crate::verify::verify(&store, &name),
         },
         Command::Run {
             set,
@@ -470,6 +481,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
             command,
         } => crate::container::run(&store, &target, &command, &set),
         Command::Stop { name } => crate::container::stop(&store, &name),
+        Command::Doctor => crate::doctor::doctor(&store),
         Command::Mount { target, dir } => crate::mount::mount(&store, &target, &dir),
         Command::Umount { dir } => crate::mount::umount(&dir),
         Command::Pull(p) => crate::pull::pull_cmd(&store, &p.fetch, &p.image),

@@ -30,6 +30,8 @@ type UnitRow = (
     blocking_name = "ManagerProxy"
 )]
 trait Manager {
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
     fn subscribe(&self) -> zbus::Result<()>;
     fn reload(&self) -> zbus::Result<()>;
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
@@ -155,6 +157,11 @@ impl Systemd {
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .map_err(dbus_err)
+    }
+
+    /// systemd's version.
+    pub(crate) fn version(&self) -> Result<String> {
+        self.manager()?.version().map_err(dbus_err)
     }
 
     /// `Reload` (daemon-reload).

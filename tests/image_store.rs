@@ -755,3 +755,39 @@ fn mount_is_read_only_and_umount_cleans_up() {
     let e = sc.fails(&["mount", "no-such-image", m]);
     assert!(e.contains("no-such-image"), "{e}");
 }
+
+#[test]
+fn doctor_names_what_is_missing_with_a_hint() {
+    require_root();
+    let sc = Syscont::new();
+    let out = sc.run(&["doctor"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "runtime",
+        "skopeo image proxy",
+        "protocol 0.2.",
+        "libostree",
+        "checkout path",
+        "cgroups",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    // Where systemd is not PID 1 (as on this machine), doctor says so, with a hint, and fails.
+    if std::fs::read_to_string("/proc/1/comm")
+        .unwrap_or_default()
+        .trim()
+        != "systemd"
+    {
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains("systemd")
+                && text.contains("FAILED")
+                && text.contains("systemd is PID 1"),
+            "{text}"
+        );
+    }
+}

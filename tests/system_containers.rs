@@ -751,6 +751,12 @@ fn host_files() {
         "RECEIVER=Venus",
         "test-system-hostfs",
     ]);
+    // doctor on a host where everything is in place.
+    let doc = w.ok(&["doctor"]);
+    assert!(
+        doc.contains("reachable over D-Bus") && !doc.contains("FAILED"),
+        "{doc}"
+    );
     // 6.5.3: plain files are copied as they are, templates are rendered.
     assert_eq!(w.read("/usr/local/lib/secret-message"), "$RECEIVER\n");
     assert_eq!(w.read("/usr/local/lib/secret-message-template"), "Venus\n");
@@ -790,6 +796,29 @@ fn host_files() {
         w.read("/usr/local/lib/secret-message-template"),
         "Jupiter\n"
     );
+    // verify: the user's change to a host file (no longer tracked after the update) is
+    // not reported; changes under the rootfs and to tracked host files are.
+    let out = w.ok(&["containers", "verify", name]);
+    assert!(out.contains("nothing changed"), "{out}");
+    let rootfs = format!("{CHECKOUT}/{name}/rootfs");
+    w.tb.sh_ok(&format!(
+        "rm {rootfs}/bin/cat && echo changed > {rootfs}/usr/bin/run.sh.new && mv {rootfs}/usr/bin/run.sh.new {rootfs}/usr/bin/run.sh && touch {rootfs}/extra-file && echo edited > /usr/local/lib/secret-message-template"
+    ));
+    let e = w.fails(&["containers", "verify", name]);
+    for want in [
+        "missing  /bin/cat",
+        "drifted  /usr/bin/run.sh",
+        "extra    /extra-file",
+        "drifted  host file /usr/local/lib/secret-message-template",
+        "4 of",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    std::fs::write(
+        w.path("/usr/local/lib/secret-message-template"),
+        "Jupiter\n",
+    )
+    .unwrap();
     // Rollback renders the old slot's host files with the old slot's values.
     w.ok(&["containers", "rollback", name]);
     assert_eq!(w.read("/usr/local/lib/secret-message-template"), "Venus\n");

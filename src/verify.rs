@@ -1,0 +1,201 @@
+//! `syscont containers verify NAME`: has anything changed under a container since it was
+//! deployed? Compares the active deployment's rootfs, entry by entry, with the image's
+//! tree in the repo (OSTree object checksums, which cover content, mode, owner and
+//! xattrs), and the host files with the checksums recorded at install.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use ostree::prelude::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::deploy::{self, Deployments};
+use crate::output;
+use crate::store::{Store, StoreConfig};
+use crate::tarimport::{gerr, DeviceNode};
+
+/// One difference.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Finding {
+    Drifted(String, &'static str),
+    Missing(String),
+    Extra(String),
+    HostDrifted(String),
+    HostMissing(String),
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::Drifted(p, why) => write!(f, "drifted  {p} ({why})"),
+            Finding::Missing(p) => write!(f, "missing  {p}"),
+            Finding::Extra(p) => write!(f, "extra    {p}"),
+            Finding::HostDrifted(p) => write!(f, "drifted  host file {p}"),
+            Finding::HostMissing(p) => write!(f, "missing  host file {p}"),
+        }
+    }
+}
+
+const ATTRS: &str = "standard::name,standard::type";
+
+/// Walks the repo tree `dir` and the directory `disk` side by side.
+fn walk(
+    dir: &gio::File,
+    disk: &Path,
+    rel: &str,
+    skip: &BTreeSet<String>,
+    out: &mut Vec<Finding>,
+    checked: &mut u64,
+) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    let children = dir
+        .enumerate_children(
+            ATTRS,
+            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+            gio::Cancellable::NONE,
+        )
+        .map_err(gerr)?;
+    while let Some(info) = children.next_file(gio::Cancellable::NONE).map_err(gerr)? {
+        let name = info.name();
+        let name_s = name.to_string_lossy().into_owned();
+        seen.insert(name_s.clone());
+        let path = format!("{rel}/{name_s}");
+        let on_disk = disk.join(&name);
+        *checked += 1;
+        if skip.contains(&path) {
+            continue;
+        }
+        let md = match on_disk.symlink_metadata() {
+            Ok(md) => md,
+            Err(_) => {
+                out.push(Finding::Missing(path));
+                continue;
+            }
+        };
+        let child = dir.child(&name);
+        match info.file_type() {
+            gio::FileType::Directory => {
+                if !md.is_dir() {
+                    out.push(Finding::Drifted(path, "no longer a directory"));
+                    continue;
+                }
+                walk(
+                    &child,
+                    &on_disk,
+                    &format!("{rel}/{name_s}"),
+                    skip,
+                    out,
+                    checked,
+                )?;
+            }
+            _ => {
+                let rf = child
+                    .downcast_ref::<ostree::RepoFile>()
+                    .ok_or_else(|| anyhow!("{path}: not a file of the repository"))?;
+                rf.ensure_resolved().map_err(gerr)?;
+                let want = rf.checksum();
+                let have = ostree::checksum_file_at(
+                    libc::AT_FDCWD,
+                    &on_disk,
+                    None,
+                    ostree::ObjectType::File,
+                    ostree::ChecksumFlags::NONE,
+                    gio::Cancellable::NONE,
+                )
+                .map_err(gerr)
+                .with_context(|| format!("Reading {}", on_disk.display()))?;
+                if have.as_str() != want.as_str() {
+                    let why = if md.is_dir() {
+                        "now a directory"
+                    } else {
+                        "content, mode, owner or xattrs"
+                    };
+                    out.push(Finding::Drifted(path, why));
+                }
+            }
+        }
+    }
+    for e in std::fs::read_dir(disk).with_context(|| format!("Reading {}", disk.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if !seen.contains(&name) {
+            out.push(Finding::Extra(format!("{rel}/{name}")));
+        }
+    }
+    Ok(())
+}
+
+/// `syscont containers verify NAME`. Fails when anything differs.
+pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
+    deploy::validate_name(name)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    let slot = deps
+        .active_slot(name)
+        .ok_or_else(|| anyhow!("container {name} is not installed"))?;
+    let info = deps.read_info(name, slot)?;
+    let dir = deps.slot_dir(name, slot);
+    let mut findings = Vec::new();
+    let mut checked = 0u64;
+
+    if let Some(remote) = &info.remote {
+        output::status(format!(
+            "{name} runs from the remote rootfs {remote}; only its host files are checked."
+        ));
+    } else {
+        let store = Store::open(cfg)?;
+        let (root, _) = store
+            .repo
+            .read_commit(&info.ostree_commit, gio::Cancellable::NONE)
+            .map_err(gerr)
+            .with_context(|| {
+                format!(
+                    "The image commit {} of {name} is no longer in the repository (pruned?); \
+                     the rootfs cannot be checked",
+                    info.ostree_commit
+                )
+            })?;
+        let (meta, _) = store.commit_meta(&info.ostree_commit)?;
+        let devices: Vec<DeviceNode> = match meta.get("syscont.devices") {
+            Some(d) => serde_json::from_str(d)?,
+            None => Vec::new(),
+        };
+        // Device nodes are made at checkout from a placeholder; they are not objects.
+        let skip: BTreeSet<String> = devices.iter().map(|d| format!("/{}", d.path)).collect();
+        let rootfs: PathBuf = dir.join("rootfs");
+        walk(
+            &root.child("rootfs"),
+            &rootfs,
+            "",
+            &skip,
+            &mut findings,
+            &mut checked,
+        )?;
+    }
+    for (path, recorded) in &info.installed_files_checksum {
+        checked += 1;
+        let p = Path::new(path);
+        if p.symlink_metadata().is_err() {
+            findings.push(Finding::HostMissing(path.clone()));
+        } else if recorded == "0" {
+            if !p.is_dir() {
+                findings.push(Finding::HostDrifted(path.clone()));
+            }
+        } else if crate::hostfs::checksum_of(p).as_deref() != Some(recorded.as_str()) {
+            findings.push(Finding::HostDrifted(path.clone()));
+        }
+    }
+    findings.sort();
+    for f in &findings {
+        println!("{f}");
+    }
+    if findings.is_empty() {
+        println!(
+            "{name}: {checked} entries checked in {} and on the host; nothing changed.",
+            dir.display()
+        );
+        return Ok(());
+    }
+    bail!(
+        "{name}: {} of {checked} entries differ from the image or from what was installed",
+        findings.len()
+    )
+}
