@@ -202,7 +202,7 @@ fn repo_check(cfg: &StoreConfig) -> Vec<Check> {
 
 fn cgroup_check() -> Check {
     match rustix::fs::statfs("/sys/fs/cgroup") {
-        Ok(st) if st.f_type as i64 == 0x6367_7270 => ok("cgroups", "unified (v2)"),
+        Ok(st) if st.f_type == 0x6367_7270 => ok("cgroups", "unified (v2)"),
         Ok(_) if Path::new("/sys/fs/cgroup/unified").exists() => ok(
             "cgroups",
             "hybrid (v1 controllers, v2 at /sys/fs/cgroup/unified): runc works; crun as root does not",
