@@ -115,8 +115,18 @@ fn make_device(root: &Path, d: &DeviceNode) -> Result<()> {
     Ok(())
 }
 
-/// Checks out the image's rootfs into `dest`, which must not exist.
+/// Checks out the image's rootfs into `dest`, which must not exist, by hardlinks.
 pub(crate) fn checkout_image(store: &Store, img: &ImageRecord, dest: &Path) -> Result<()> {
+    checkout_image_as(store, img, dest, false)
+}
+
+/// Checks out the image's rootfs into `dest` as copies: files that share an object do not
+/// share an inode (for exports, where hardlinks would become tar links).
+pub(crate) fn checkout_image_copy(store: &Store, img: &ImageRecord, dest: &Path) -> Result<()> {
+    checkout_image_as(store, img, dest, true)
+}
+
+fn checkout_image_as(store: &Store, img: &ImageRecord, dest: &Path, copy: bool) -> Result<()> {
     if dest.symlink_metadata().is_ok() {
         bail!("{} already exists", dest.display());
     }
@@ -137,7 +147,8 @@ pub(crate) fn checkout_image(store: &Store, img: &ImageRecord, dest: &Path) -> R
         } else {
             ostree::RepoCheckoutMode::None
         },
-        no_copy_fallback: true,
+        no_copy_fallback: !copy,
+        force_copy: copy,
         enable_fsync: false,
         subpath: Some(subpath.into()),
         ..Default::default()

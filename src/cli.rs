@@ -306,6 +306,18 @@ enum ImagesCommand {
         /// The image name or ID prefix.
         image: String,
     },
+    /// Write an image to an archive, a directory or a registry (any skopeo destination:
+    /// oci-archive:FILE[:TAG], docker-archive:FILE, oci:DIR[:TAG], dir:DIR, docker://…),
+    /// e.g. to ship it to hosts without a registry.
+    ///
+    /// The rootfs becomes one layer and /exports another, with the image's configuration;
+    /// the result is reproducible but has its own digest.
+    Export {
+        /// The image name or ID prefix.
+        image: String,
+        /// Where to write it, e.g. oci-archive:/srv/images/etcd.tar.
+        dest: String,
+    },
     /// Check out the union of an image's layers into a new directory, by hardlinks.
     Checkout {
         /// The image name or ID prefix.
@@ -496,6 +508,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
             ImagesCommand::Tag { src, dst } => crate::images::tag(&store, &src, &dst),
             ImagesCommand::Verify { image } => crate::images::verify(&store, &image),
             ImagesCommand::Checkout { image, dir } => crate::images::checkout(&store, &image, &dir),
+            ImagesCommand::Export { image, dest } => crate::images::export(&store, &image, &dest),
         },
         Command::Build(b) => {
             let opts = crate::imagebuild::BuildOptions {

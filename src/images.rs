@@ -4,6 +4,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
+use std::process::Command;
+
+use crate::cmdutil::CommandExt;
 
 use crate::cli::ImagesListOpts;
 use crate::output::{self, human_size, trunc};
@@ -467,6 +470,87 @@ pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path) -> Result<()>
     };
     crate::checkout::checkout_image(&store, &img, dir)?;
     output::status(format!("Checked out {} into {}.", img.name, dir.display()));
+    Ok(())
+}
+
+/// `syscont images export IMAGE DEST`: writes the image to any destination skopeo takes
+/// (`oci-archive:FILE[:TAG]`, `docker-archive:FILE`, `oci:DIR[:TAG]`, `dir:DIR`,
+/// `docker://…`), e.g. to ship it on an air-gapped host. The rootfs becomes one layer and
+/// `/exports` another, with the image's Entrypoint, Cmd, Env, WorkingDir, ports, volumes
+/// and labels; the output is reproducible, but it is a new image with its own digest.
+pub(crate) fn export(cfg: &StoreConfig, image: &str, dest: &str) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let config = store.config(&img)?;
+    let scratch = cfg
+        .checkout_path
+        .join(format!(".export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("Creating {}", scratch.display()))?;
+    let res = (|| -> Result<String> {
+        let rootfs = scratch.join("rootfs");
+        let _lock = store.lock()?;
+        crate::checkout::checkout_image_copy(&store, &img, &rootfs)?;
+        let exports = scratch.join("exports");
+        let has_exports = rootfs.join("exports").is_dir();
+        if has_exports {
+            std::fs::rename(rootfs.join("exports"), &exports)?;
+        }
+        let c = &config["config"];
+        let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+        };
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let labels = c["Labels"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let layout = scratch.join("layout");
+        let tag = "export";
+        let opts = crate::imagebuild::BuildOptions {
+            rootfs: rootfs.clone(),
+            from: None,
+            exports: has_exports.then(|| exports.clone()),
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]).unwrap_or_default(),
+            labels,
+            workdir: c["WorkingDir"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            expose: keys(&c["ExposedPorts"]),
+            volumes: keys(&c["Volumes"]),
+            tag: img.name.clone(),
+            output: Some(format!("oci:{}:{tag}", layout.display())),
+            push: None,
+            tls_verify: true,
+            authfile: None,
+        };
+        let built = crate::imagebuild::build(&opts)?;
+        Command::new(crate::proxy::skopeo_path())
+            .args(["copy", "-q"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(dest)
+            .run_checked()
+            .with_context(|| format!("Writing {dest}"))?;
+        Ok(built.manifest_digest)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let digest = res?;
+    output::status(format!("Exported {} to {dest} ({digest}).", img.name));
     Ok(())
 }
 

@@ -1607,14 +1607,36 @@ fn apply_at_boot_then_reboot_then_air_gapped() {
     etcd_and_flannel(work.path(), &reg);
     let archives = work.path().join("archives");
     std::fs::create_dir_all(&archives).unwrap();
+    // The archives for air-gapped hosts, made with `images export` from a build host's store.
+    let store = work.path().join("build-host");
     for name in ["etcd", "flannel"] {
-        let st = std::process::Command::new("skopeo")
-            .args(["copy", "-q", "--src-tls-verify=false"])
-            .arg(format!("docker://{}/{name}:latest", reg.addr()))
-            .arg(format!("oci-archive:{}/{name}.tar", archives.display()))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        for args in [
+            vec![
+                "pull".to_string(),
+                "--tls-verify=false".into(),
+                format!("docker://{}/{name}:latest", reg.addr()),
+            ],
+            vec![
+                "images".into(),
+                "export".into(),
+                format!("{}/{name}:latest", reg.addr()),
+                format!("oci-archive:{}/{name}.tar", archives.display()),
+            ],
+        ] {
+            let out = std::process::Command::new(BIN)
+                .arg("--repo")
+                .arg(store.join("repo"))
+                .arg("--checkout-path")
+                .arg(store.join("atomic"))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     // First boot of a provisioned host: syscont-apply installs and starts etcd, then
