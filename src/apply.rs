@@ -284,8 +284,8 @@ fn decide(
             ));
         }
     }
-    if w.set != info.syscont.set_values {
-        why.push(describe_changes("values", &info.syscont.set_values, &w.set));
+    if w.set != info.set_values() {
+        why.push(describe_changes("values", &info.set_values(), &w.set));
     }
     if w.set_json != info.syscont.set_json {
         why.push("JSON values changed".into());

@@ -1282,7 +1282,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
     let (set, set_json) = if o.replace_values {
         (new_set, new_json)
     } else {
-        let mut set = old.syscont.set_values.clone();
+        let mut set = old.set_values();
         set.extend(new_set);
         let mut json = old.syscont.set_json.clone();
         json.extend(new_json);
@@ -1296,7 +1296,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         }
         None => PathBuf::from(&old.runtime),
     };
-    let values_changed = set != old.syscont.set_values
+    let values_changed = set != old.set_values()
         || set_json != old.syscont.set_json
         || runtime != Path::new(&old.runtime);
     if img.id() == old.revision && !values_changed {

@@ -85,6 +85,49 @@ pub(crate) struct Info {
     pub syscont: SyscontInfo,
 }
 
+/// Values syscont (and Atomic) compute for every deployment; they are never "set" values.
+const COMPUTED_VALUES: &[&str] = &[
+    "NAME",
+    "DESTDIR",
+    "EXEC_START",
+    "EXEC_STOP",
+    "EXEC_STARTPRE",
+    "EXEC_STOPPOST",
+    "HOST_UID",
+    "HOST_GID",
+    "IMAGE_NAME",
+    "IMAGE_ID",
+    "RUNTIME",
+    "ATOMIC",
+    "RUN_DIRECTORY",
+    "STATE_DIRECTORY",
+    "CONF_DIRECTORY",
+    "UUID",
+    "PIDFILE",
+    "ALL_PROCESS_CAPABILITIES",
+];
+
+impl Info {
+    /// Whether Atomic wrote this file (it has none of syscont's own fields).
+    pub(crate) fn written_by_atomic(&self) -> bool {
+        self.syscont.image_name.is_empty()
+    }
+
+    /// The values an update starts from: the `--set` values for syscont's deployments.
+    /// Atomic kept only the full `values` and reused them on update, so for its
+    /// deployments every value that is not computed counts, as it did for Atomic.
+    pub(crate) fn set_values(&self) -> BTreeMap<String, String> {
+        if !self.written_by_atomic() {
+            return self.syscont.set_values.clone();
+        }
+        self.values
+            .iter()
+            .filter(|(k, _)| !COMPUTED_VALUES.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 /// Fields Atomic did not have.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SyscontInfo {

@@ -116,12 +116,39 @@ fn walk(
         }
     }
     for e in std::fs::read_dir(disk).with_context(|| format!("Reading {}", disk.display()))? {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if !seen.contains(&name) {
-            out.push(Finding::Extra(format!("{rel}/{name}")));
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = format!("{rel}/{name}");
+        // The runtime makes directories for mount points the image lacks.
+        let mount_point =
+            skip.contains(&path) && e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !seen.contains(&name) && !mount_point {
+            out.push(Finding::Extra(path));
         }
     }
     Ok(())
+}
+
+/// The mount destinations of a deployment's config.json and their parent directories.
+fn mount_points(config: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(text) = std::fs::read(config) else {
+        return out;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return out;
+    };
+    for m in v["mounts"].as_array().into_iter().flatten() {
+        let Some(dest) = m["destination"].as_str() else {
+            continue;
+        };
+        let mut p = Path::new(dest);
+        while p != Path::new("/") && !p.as_os_str().is_empty() {
+            out.insert(p.display().to_string());
+            p = p.parent().unwrap_or(Path::new("/"));
+        }
+    }
+    out
 }
 
 /// `syscont containers verify NAME`. Fails when anything differs.
@@ -158,17 +185,34 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
             Some(d) => serde_json::from_str(d)?,
             None => Vec::new(),
         };
-        // Device nodes are made at checkout from a placeholder; they are not objects.
-        let skip: BTreeSet<String> = devices.iter().map(|d| format!("/{}", d.path)).collect();
+        // Device nodes are made at checkout from a placeholder; they are not objects. Mount
+        // points (and their parents) may have been made by the runtime.
+        let mut skip: BTreeSet<String> = devices.iter().map(|d| format!("/{}", d.path)).collect();
+        skip.extend(mount_points(&dir.join("config.json")));
         let rootfs: PathBuf = dir.join("rootfs");
-        walk(
-            &root.child("rootfs"),
-            &rootfs,
-            "",
-            &skip,
-            &mut findings,
-            &mut checked,
-        )?;
+        let tree = if root.child("rootfs").query_exists(gio::Cancellable::NONE) {
+            root.child("rootfs")
+        } else {
+            // An image pulled by Atomic holds only its layers: use their union.
+            let img = store
+                .images()?
+                .into_iter()
+                .find(|i| i.commit == info.ostree_commit)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the image of {name} ({}) is no longer in the store; the rootfs cannot be checked",
+                        info.image
+                    )
+                })?;
+            let _lock = store.lock()?;
+            let (commit, sub) = crate::checkout::rootfs_source(&store, &img)?;
+            let (union, _) = store
+                .repo
+                .read_commit(&commit, gio::Cancellable::NONE)
+                .map_err(gerr)?;
+            union.resolve_relative_path(sub.trim_start_matches('/'))
+        };
+        walk(&tree, &rootfs, "", &skip, &mut findings, &mut checked)?;
     }
     for (path, recorded) in &info.installed_files_checksum {
         checked += 1;

@@ -1685,3 +1685,201 @@ fn apply_at_boot_then_reboot_then_air_gapped() {
         "{log}"
     );
 }
+
+/// A host set up by `atomic install --system`, laid out as Atomic lays it out: the repo in
+/// CHECKOUT/.storage/ostree with one `ociimage/<layer>` commit per layer (committed from
+/// the layer tar, as the classic recipe does) and an image commit holding manifest.json,
+/// a deployment NAME.0 with Atomic's `info` keys only, and Atomic's unit without syscont's
+/// marker. syscont must list, update, roll back, verify and uninstall it.
+#[test]
+fn an_atomic_host_carries_over() {
+    let w = World::new();
+    // The image as an OCI layout, made on the host.
+    let dir = w._work.path().join("atomic-img");
+    busybox_rootfs(&dir.join("rootfs"), RUN_HTTPD);
+    write(
+        &dir.join("exports/manifest.json"),
+        r#"{"version": "1.0", "defaultValues": {"PORT": "8400", "RECEIVER": "Atomic"}}"#,
+    );
+    write(
+        &dir.join("exports/config.json.template"),
+        &CONFIG_TEMPLATE.replace("$EXTRA_ENV", ""),
+    );
+    write(&dir.join("exports/service.template"), CLASSIC_SERVICE);
+    write(
+        &dir.join("exports/tmpfiles.template"),
+        "d    ${RUN_DIRECTORY}/${NAME}   0700 ${HOST_UID} ${HOST_GID} - -\n",
+    );
+    let layout = w._work.path().join("atomic-layout");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "build",
+            "--rootfs",
+            dir.join("rootfs").to_str().unwrap(),
+            "--exports",
+            dir.join("exports").to_str().unwrap(),
+        ])
+        .args([
+            "--tag",
+            "test-atomic:latest",
+            "--output",
+            &format!("oci:{}:latest", layout.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest_bytes = std::fs::read(blob(&digest)).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    w.tb.copy_in(&layout, "/srv");
+
+    // Atomic's repo and deployment, made with the ostree CLI and by hand inside.
+    let name = "atomicweb";
+    let repo = format!("{CHECKOUT}/.storage/ostree");
+    let mut script =
+        format!("set -e\nmkdir -p {CHECKOUT}/.storage && ostree init --repo={repo} --mode=bare\n");
+    let mut layers = Vec::new();
+    for l in manifest["layers"].as_array().unwrap() {
+        let hex = l["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        script.push_str(&format!(
+            "ostree commit --repo={repo} --branch=ociimage/{hex} --tree=tar=/srv/atomic-layout/blobs/sha256/{hex} --tar-autocreate-parents --no-bindings >/dev/null\n"
+        ));
+        layers.push(hex);
+    }
+    // skopeo's ostree transport: the image commit holds `manifest`, the config blob is a
+    // commit of its own holding `content`.
+    std::fs::write(w._work.path().join("manifest"), &manifest_bytes).unwrap();
+    w.tb.copy_in(&w._work.path().join("manifest"), "/srv/atomic-image");
+    let config_hex = manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    std::fs::write(
+        w._work.path().join("content"),
+        std::fs::read(blob(&config_hex)).unwrap(),
+    )
+    .unwrap();
+    w.tb.copy_in(&w._work.path().join("content"), "/srv/atomic-config");
+    script.push_str(&format!(
+        "ostree commit --repo={repo} --branch=ociimage/{config_hex} --tree=dir=/srv/atomic-config --no-bindings --add-metadata-string=docker.size={} >/dev/null\n",
+        manifest["config"]["size"]
+    ));
+    let image_id = digest.trim_start_matches("sha256:");
+    script.push_str(&format!(
+        "ostree commit --repo={repo} --branch=ociimage/test-atomic_3Alatest --tree=dir=/srv/atomic-image --no-bindings \
+         --add-metadata-string=docker.digest={digest} --add-metadata-string=\"docker.manifest=$(cat /srv/atomic-image/manifest)\" >/dev/null\n"
+    ));
+    let slot = format!("{CHECKOUT}/{name}.0");
+    script.push_str(&format!("mkdir -p {slot}\n"));
+    for hex in &layers {
+        script.push_str(&format!(
+            "ostree checkout --repo={repo} --union --whiteouts ociimage/{hex} {slot}/rootfs\n"
+        ));
+    }
+    let uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let config = CONFIG_TEMPLATE
+        .replace("$EXTRA_ENV", "")
+        .replace(
+            "${ALL_PROCESS_CAPABILITIES}",
+            "\"CAP_KILL\", \"CAP_NET_BIND_SERVICE\"",
+        )
+        .replace("$PORT", "8400")
+        .replace("$RECEIVER", "Atomic user")
+        .replace("${RUN_DIRECTORY}/${NAME}", &format!("/run/{name}"))
+        .replace("$NAME", name)
+        .replace("$UUID", uuid);
+    let unit = format!(
+        "[Unit]\nDescription={name}\n\n[Service]\nExecStart=/usr/bin/runc --systemd-cgroup run '{name}'\nExecStop=/usr/bin/runc --systemd-cgroup kill '{name}'\nWorkingDirectory={slot}\n\n[Install]\nWantedBy=multi-user.target\n"
+    );
+    let tmpfiles = format!("d    /run/{name}   0700 0 0 - -\n");
+    let commit =
+        w.tb.sh_ok(&format!(
+            "{script}ostree rev-parse --repo={repo} ociimage/test-atomic_3Alatest"
+        ))
+        .trim()
+        .to_string();
+    let info = serde_json::json!({
+        "image": "test-atomic", "revision": image_id, "ostree-commit": commit, "created": 1700000000,
+        "values": {"NAME": name, "PORT": "8400", "RECEIVER": "Atomic user", "UUID": uuid, "DESTDIR": slot,
+                   "RUN_DIRECTORY": "/run", "STATE_DIRECTORY": "/var/lib", "HOST_UID": "0", "HOST_GID": "0",
+                   "IMAGE_NAME": "test-atomic", "IMAGE_ID": image_id, "RUNTIME": "/usr/bin/runc", "ATOMIC": "/usr/bin/atomic"},
+        "has-container-service": true, "installed-files": [], "installed-files-checksum": {},
+        "installed-files-template": [], "rename-installed-files": {}, "rpm-installed": null,
+        "system-package": "no", "remote": null, "runtime": "/usr/bin/runc"
+    });
+    w.write_inside(&format!("{slot}/config.json"), &config);
+    w.write_inside(&format!("{slot}/{name}.service"), &unit);
+    w.write_inside(&format!("{slot}/tmpfiles-{name}.conf"), &tmpfiles);
+    w.write_inside(
+        &format!("{slot}/info"),
+        &serde_json::to_string_pretty(&info).unwrap(),
+    );
+    w.write_inside(&format!("/etc/systemd/system/{name}.service"), &unit);
+    w.write_inside(&format!("/etc/tmpfiles.d/{name}.conf"), &tmpfiles);
+    w.tb.sh_ok(&format!(
+        "ln -s {slot} {CHECKOUT}/{name} && systemd-tmpfiles --create /etc/tmpfiles.d/{name}.conf && systemctl daemon-reload && systemctl enable --now {name}.service"
+    ));
+    assert!(w.http(8400).contains("Hi Atomic user from atomicweb"));
+
+    // syscont sees Atomic's image and container.
+    assert!(w.ok(&["images", "list"]).contains(">  test-atomic"));
+    w.ok(&["images", "verify", "test-atomic"]);
+    let list = w.ok(&["containers", "list", "--no-trunc"]);
+    assert!(list.contains(name) && list.contains("running"), "{list}");
+    w.ok(&["containers", "verify", name]);
+    // An update keeps the values Atomic was given and the UUID, and adds the new one.
+    w.ok(&[
+        "containers",
+        "update",
+        "--set",
+        "PORT=8401",
+        "--probation",
+        "1",
+        name,
+    ]);
+    let c = w.read(&format!("{CHECKOUT}/{name}.1/config.json"));
+    assert!(
+        c.contains("RECEIVER=Atomic user") && c.contains("PORT=8401") && c.contains(uuid),
+        "{c}"
+    );
+    assert!(w.http(8401).contains("Hi Atomic user"));
+    // Rollback returns to Atomic's own deployment and unit.
+    w.ok(&["containers", "rollback", name]);
+    assert!(w.http(8400).contains("Hi Atomic user"));
+    assert_eq!(w.read(&format!("/etc/systemd/system/{name}.service")), unit);
+    // Uninstall removes it all, Atomic's slot included.
+    w.ok(&["uninstall", name]);
+    for f in [
+        format!("{CHECKOUT}/{name}"),
+        slot.clone(),
+        format!("{CHECKOUT}/{name}.1"),
+        format!("/etc/systemd/system/{name}.service"),
+        format!("/etc/tmpfiles.d/{name}.conf"),
+    ] {
+        assert!(!w.exists(&f), "{f} is left");
+    }
+    // The classic tools still read the repo.
+    assert!(w
+        .tb
+        .sh_ok(&format!("ostree refs --repo={repo}"))
+        .contains("ociimage/test-atomic_3Alatest"));
+}
