@@ -43,7 +43,7 @@ strip --strip-unneeded "$stage/usr/bin/syscont"
 "$SYSCONT_GEN" "$work/gen"
 install -d "$stage/usr/share/man/man1"
 for page in "$work"/gen/man1/*.1; do
-    gzip -9n <"$page" >"$stage/usr/share/man/man1/$(basename "$page").gz"
+    gzip -9n <"$page" >"$stage/usr/share/man/man1/${page##*/}.gz"
 done
 chmod 0644 "$stage"/usr/share/man/man1/*
 install -D -m 0644 "$work/gen/completions/syscont.bash" \
