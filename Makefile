@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint unit demo bench clean
+.PHONY: all deps build release test lint unit demo bench deb clean
 
 all: build
 
@@ -28,6 +28,10 @@ test: deps lint
 
 demo: release
 	./demo/demo.sh
+
+# target/debian/syscont_VERSION_ARCH.deb: the release binary, man pages, completions, units.
+deb: deps
+	CARGO="$(CARGO)" ./packaging/deb/build.sh target/debian
 
 bench: release
 	./bench/run.sh
