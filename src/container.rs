@@ -1132,7 +1132,6 @@ pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String
     )
 }
 
-/// `syscont stop NAME`.
 /// Starts an installed container's service and waits for the job's result.
 pub(crate) fn start(cfg: &StoreConfig, name: &str) -> Result<()> {
     deploy::validate_name(name)?;
@@ -1145,6 +1144,7 @@ pub(crate) fn start(cfg: &StoreConfig, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `syscont stop NAME`.
 pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
     deploy::validate_name(name)?;
     let deps = Deployments::new(&cfg.checkout_path);
