@@ -27,11 +27,11 @@ pub struct Opt {
 /// Options that apply to every command.
 #[derive(Debug, Args)]
 struct GlobalOpts {
-    /// The OSTree repository that holds images. By default it is /ostree/repo when that
+    /// Keep images in this OSTree repository. By default it is /ostree/repo when that
     /// exists on the same filesystem as the checkout path, else CHECKOUT/.storage/ostree.
     #[arg(long, global = true, env = "SYSCONT_OSTREE_REPO", value_name = "PATH")]
     repo: Option<PathBuf>,
-    /// The directory that holds container deployments (NAME, NAME.0, NAME.1).
+    /// Keep container deployments (NAME, NAME.0, NAME.1) in this directory.
     #[arg(
         long,
         global = true,
@@ -58,7 +58,7 @@ enum Command {
     /// Uninstall a system container: stop and disable its unit, remove its files, host files
     /// that were not modified, and both deployments.
     Uninstall {
-        /// The container name.
+        /// Name the container.
         name: String,
     },
     /// Manage installed system containers.
@@ -67,18 +67,18 @@ enum Command {
     /// Start a container's service; with a command, run it in the container (exec when it
     /// runs, a one-off run in its deployment when stopped); with an image, run it once.
     Run {
-        /// A template value KEY=VALUE for a run from an image (repeatable).
+        /// Set a template value KEY=VALUE for a run from an image (repeatable).
         #[arg(long, value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// An installed container name or an image.
+        /// Name an installed container or an image.
         target: String,
-        /// The command to run.
+        /// Run this command (with its arguments) instead of starting the service.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
     /// Stop a container's service.
     Stop {
-        /// The container name.
+        /// Name the container.
         name: String,
     },
     /// Make the host's system containers what a host file says: install what is missing,
@@ -92,7 +92,7 @@ enum Command {
         /// tmpfiles changes and host files) and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// The host file, e.g. /etc/syscont/host.toml.
+        /// Read this host file, e.g. /etc/syscont/host.toml.
         file: PathBuf,
     },
     /// Check what installs need on this host (runtime, skopeo and its image proxy,
@@ -104,14 +104,14 @@ enum Command {
     /// An image is checked out by hardlinks first; the mount is a read-only bind mount, so
     /// nothing written can reach the store. Undo it with `syscont umount DIR`.
     Mount {
-        /// An installed container name, or an image name or ID prefix.
+        /// Name an installed container, or an image by name or ID prefix.
         target: String,
-        /// An existing directory to mount on.
+        /// Mount on this existing directory.
         dir: PathBuf,
     },
     /// Unmount what `syscont mount` mounted on a directory, and remove its checkout.
     Umount {
-        /// The directory given to `syscont mount`.
+        /// Unmount this directory, as given to `syscont mount`.
         dir: PathBuf,
     },
     /// Pull an image into the local OSTree store.
@@ -135,19 +135,19 @@ struct InstallArgs {
     /// Install as the calling user (rootless); not supported yet.
     #[arg(long)]
     user: bool,
-    /// The container name (default: the image name, with the tag unless it is latest).
+    /// Name the container (by default it is the image name, with the tag unless it is latest).
     #[arg(short, long)]
     name: Option<String>,
-    /// A template value KEY=VALUE (repeatable); values may contain spaces and '='.
+    /// Set a template value KEY=VALUE (repeatable); values may contain spaces and '='.
     #[arg(long, value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// A structured template value KEY=JSON for Tera templates (repeatable).
+    /// Set a structured template value KEY=JSON for Tera templates (repeatable).
     #[arg(long, value_name = "KEY=JSON")]
     set_json: Vec<String>,
     /// Use an existing root filesystem instead of checking out the image.
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
-    /// The OCI runtime (default: /usr/bin/runc).
+    /// Run the container with this OCI runtime (by default /usr/bin/runc).
     #[arg(long, value_name = "PATH")]
     runtime: Option<PathBuf>,
     /// Start the service and wait for the result.
@@ -159,7 +159,7 @@ struct InstallArgs {
     dry_run: bool,
     #[command(flatten)]
     fetch: FetchOpts,
-    /// The image to install.
+    /// Install this image.
     image: String,
 }
 
@@ -187,10 +187,10 @@ enum ContainersCommand {
         /// Update every installed container (with automatic rollback) and print a summary.
         #[arg(long, conflicts_with_all = ["name", "set", "rebase"])]
         all: bool,
-        /// A template value KEY=VALUE (repeatable); it persists for later updates.
+        /// Set a template value KEY=VALUE (repeatable); it persists for later updates.
         #[arg(long, value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// A structured template value KEY=JSON (repeatable).
+        /// Set a structured template value KEY=JSON (repeatable).
         #[arg(long, value_name = "KEY=JSON")]
         set_json: Vec<String>,
         /// Switch to another image.
@@ -202,24 +202,25 @@ enum ContainersCommand {
         /// Keep the new version even if it fails to start.
         #[arg(long)]
         no_rollback: bool,
-        /// Seconds the restarted service must stay active before the update counts.
+        /// Require the restarted service to stay active this many seconds before the
+        /// update counts.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         probation: u64,
         #[command(flatten)]
         fetch: FetchOpts,
-        /// The container name.
+        /// Name the container.
         #[arg(required_unless_present = "all")]
         name: Option<String>,
     },
     /// Switch a container back to its other deployment.
     Rollback {
-        /// The container name.
+        /// Name the container.
         name: String,
     },
     /// Compare a container's rootfs with its image in the store, and its host files with
     /// the checksums recorded at install; report every drifted, missing or extra file.
     Verify {
-        /// The container name.
+        /// Name the container.
         name: String,
     },
 }
@@ -230,10 +231,10 @@ pub(crate) struct FetchOpts {
     /// Verify TLS certificates of the registry (false: also allow plain HTTP).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub tls_verify: Option<bool>,
-    /// Registry credentials in containers-auth.json(5) format.
+    /// Read registry credentials from this file, in containers-auth.json(5) format.
     #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
     pub authfile: Option<PathBuf>,
-    /// The architecture to choose from a multi-architecture image (default: this host's).
+    /// Choose this architecture from a multi-architecture image (by default the host's).
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
     /// Give up on a registry that sends nothing for this many seconds.
@@ -261,8 +262,9 @@ impl Default for FetchOpts {
 struct PullOpts {
     #[command(flatten)]
     fetch: FetchOpts,
-    /// The image: docker://REG/REPO[:TAG|@DIGEST], oci:DIR[:TAG], oci-archive:FILE[:TAG],
-    /// docker-archive:FILE, dir:DIR, or a bare name such as flannel or quay.io/x/etcd:3.4.
+    /// Pull this image: docker://REG/REPO[:TAG|@DIGEST], oci:DIR[:TAG],
+    /// oci-archive:FILE[:TAG], docker-archive:FILE, dir:DIR, or a bare name such as flannel
+    /// or quay.io/x/etcd:3.4.
     image: String,
 }
 
@@ -272,7 +274,7 @@ enum ImagesCommand {
     List(ImagesListOpts),
     /// Show an image's labels and its template variables.
     Info {
-        /// The image name or ID prefix.
+        /// Name the image, by name or ID prefix.
         image: String,
     },
     /// Show an image's manifest, configuration and layers.
@@ -280,7 +282,7 @@ enum ImagesCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// The image name or ID prefix.
+        /// Name the image, by name or ID prefix.
         image: String,
     },
     /// Delete images from the store (their files go with the next prune).
@@ -288,7 +290,8 @@ enum ImagesCommand {
         /// Delete even when an installed container uses the image.
         #[arg(short, long)]
         force: bool,
-        /// Image names or ID prefixes. An ID prefix deletes every tag with that ID.
+        /// Delete these images, by name or ID prefix. An ID prefix deletes every tag with
+        /// that ID.
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -296,14 +299,14 @@ enum ImagesCommand {
     Prune,
     /// Give an image another name.
     Tag {
-        /// The existing image.
+        /// Tag this existing image.
         src: String,
-        /// The new name.
+        /// Give it this new name.
         dst: String,
     },
     /// Recompute the checksum of every object of every layer and report corruption.
     Verify {
-        /// The image name or ID prefix.
+        /// Name the image, by name or ID prefix.
         image: String,
     },
     /// Write an image to an archive, a directory or a registry (any skopeo destination:
@@ -313,16 +316,16 @@ enum ImagesCommand {
     /// The rootfs becomes one layer and /exports another, with the image's configuration;
     /// the result is reproducible but has its own digest.
     Export {
-        /// The image name or ID prefix.
+        /// Name the image, by name or ID prefix.
         image: String,
-        /// Where to write it, e.g. oci-archive:/srv/images/etcd.tar.
+        /// Write it here, e.g. oci-archive:/srv/images/etcd.tar.
         dest: String,
     },
     /// Check out the union of an image's layers into a new directory, by hardlinks.
     Checkout {
-        /// The image name or ID prefix.
+        /// Name the image, by name or ID prefix.
         image: String,
-        /// The directory to create (it must not exist).
+        /// Create this directory (it must not exist).
         dir: PathBuf,
     },
 }
@@ -345,38 +348,38 @@ pub(crate) struct ImagesListOpts {
 
 #[derive(Debug, Args)]
 struct BuildOpts {
-    /// The directory that becomes the image's root filesystem.
+    /// Make this directory the image's root filesystem.
     #[arg(long, value_name = "DIR")]
     rootfs: PathBuf,
-    /// A base image whose layers come first.
+    /// Start from this base image: its layers come first.
     #[arg(long, value_name = "IMAGE")]
     from: Option<String>,
-    /// A directory that becomes /exports: config.json.template, service.template,
+    /// Make this directory /exports: config.json.template, service.template,
     /// tmpfiles.template, manifest.json and hostfs/.
     #[arg(long, value_name = "DIR")]
     exports: Option<PathBuf>,
-    /// The entrypoint, as a JSON array or a single command.
+    /// Set the entrypoint, as a JSON array or a single command.
     #[arg(long)]
     entrypoint: Option<String>,
-    /// The command, as a JSON array or a single command.
+    /// Set the command, as a JSON array or a single command.
     #[arg(long)]
     cmd: Option<String>,
-    /// An environment variable KEY=VALUE (repeatable).
+    /// Set an environment variable KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// A label KEY=VALUE (repeatable), e.g. atomic.type=system.
+    /// Set a label KEY=VALUE (repeatable), e.g. atomic.type=system.
     #[arg(long, value_name = "KEY=VALUE")]
     label: Vec<String>,
-    /// The working directory of the process.
+    /// Set the working directory of the process.
     #[arg(long)]
     workdir: Option<String>,
-    /// A port to expose, PORT[/PROTO] (repeatable).
+    /// Expose a port, PORT[/PROTO] (repeatable).
     #[arg(long)]
     expose: Vec<String>,
-    /// A volume path (repeatable).
+    /// Declare a volume path (repeatable).
     #[arg(long)]
     volume: Vec<String>,
-    /// The image name, NAME[:TAG].
+    /// Name the image NAME[:TAG].
     #[arg(long)]
     tag: String,
     /// Write the image to an OCI layout: oci:DIR[:TAG].
@@ -388,7 +391,7 @@ struct BuildOpts {
     /// Verify TLS when pushing (false: also allow plain HTTP).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     tls_verify: bool,
-    /// Registry credentials for the push.
+    /// Read registry credentials for the push from this file.
     #[arg(long, value_name = "FILE")]
     authfile: Option<PathBuf>,
 }
