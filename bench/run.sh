@@ -11,7 +11,7 @@
 #   SETTLE=40     seconds to wait before timing, after deleting old state
 #   TOOLS="syscont recipe podman"
 #   ONLY=""       scenario names to run (default: all): cold-hello update-hello cold-debian-base
-#                 rebuilt cold-etcd warm-etcd noop-etcd cold-big disk rss
+#                 rebuilt cold-etcd warm-etcd noop-etcd cold-big floor disk rss
 #   REPORT=docs/performance.md   where the report goes ("" for none)
 set -euo pipefail
 # shellcheck source=bench/lib/common.sh
@@ -60,7 +60,6 @@ first_line() { "$@" 2>/dev/null | head -1 || true; }
     printf 'crun\t%s\n' "$(first_line crun --version)"
     printf 'conmon\t%s\n' "$(first_line conmon --version)"
     printf 'hyperfine\t%s\n' "$(first_line hyperfine --version)"
-    printf 'load_before\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$RESULTS/machine.tsv"
 printf 'RUNS\t%s\nRUNS_BIG\t%s\nRSS_RUNS\t%s\nBIG\t%s\n' "$RUNS" "$RUNS_BIG" "$RSS_RUNS" "$BIG" \
     > "$RESULTS/settings.tsv"
@@ -69,6 +68,8 @@ printf 'RUNS\t%s\nRUNS_BIG\t%s\nRSS_RUNS\t%s\nBIG\t%s\n' "$RUNS" "$RUNS_BIG" "$R
 deleted=$(empty_trash "$WORK")
 log "deleted $deleted entries left by an earlier run"
 settle
+# The load when timing starts (after the settle wait, so a build just before does not count).
+printf 'load_before\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RESULTS/machine.tsv"
 
 # --- timed scenarios -----------------------------------------------------------------
 printf 'scenario\ttool\timage\truns\tmedian\tmin\tmax\tmean\tuser\tsystem\n' > "$RESULTS/times.tsv"
@@ -101,6 +102,14 @@ timed cold-etcd "$RUNS" etcd:3.4 checkout
 timed warm-etcd "$RUNS" etcd:3.4 checkout debian-base:1
 timed noop-etcd "$RUNS" etcd:3.4 keep etcd:3.4
 [ "$BIG" = 0 ] || timed cold-big "$RUNS_BIG" big:1 checkout
+
+# --- this machine's floor for the cold pulls, measured now ---------------------------------
+if want floor; then
+    floor_images="hello:1 debian-base:1 etcd:3.4"
+    [ "$BIG" = 0 ] || floor_images="$floor_images big:1"
+    # shellcheck disable=SC2086
+    "$BENCH_DIR/lib/floor.sh" "$RESULTS" "$RUNS" $floor_images
+fi
 
 # --- disk use --------------------------------------------------------------------------
 # One du call per measurement, so hardlinks are counted once: the first path is the store,
