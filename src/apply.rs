@@ -367,7 +367,7 @@ fn unit_edges(unit_text: &str) -> (Vec<String>, Vec<String>) {
 
 /// The unit text that orders a container: the installed unit, else the image's template.
 fn unit_text(store: &Store, name: &str, img: Option<&ImageRecord>) -> String {
-    if let Ok(t) = std::fs::read_to_string(format!("/etc/systemd/system/{name}.service")) {
+    if let Ok(t) = std::fs::read_to_string(container::unit_path(name)) {
         return t;
     }
     img.and_then(|i| {
@@ -500,19 +500,23 @@ fn print_preview(store: &Store, step: &Step, default_runtime: Option<&PathBuf>) 
         container::current_files(&store.checkout_path, &step.want.spec.name);
     println!("    into {}", p.slot_dir.display());
     print_file_change(
-        &format!("/etc/systemd/system/{}.service", step.want.spec.name),
+        &container::unit_path(&step.want.spec.name)
+            .display()
+            .to_string(),
         unit.as_deref(),
         p.service.as_deref(),
     );
-    let dropin_path = format!(
-        "/etc/systemd/system/{}.service.d/50-syscont.conf",
-        step.want.spec.name
-    );
+    let dropin_path = container::dropin_dir(&step.want.spec.name)
+        .join("50-syscont.conf")
+        .display()
+        .to_string();
     let dropin = std::fs::read_to_string(&dropin_path).ok();
     print_file_change(&dropin_path, dropin.as_deref(), p.dropin.as_deref());
     print_file_change("config.json", config.as_deref(), Some(&p.config));
     print_file_change(
-        &format!("/etc/tmpfiles.d/{}.conf", step.want.spec.name),
+        &container::tmpfiles_path(&step.want.spec.name)
+            .display()
+            .to_string(),
         tmpfiles.as_deref(),
         p.tmpfiles.as_deref(),
     );
@@ -608,7 +612,7 @@ fn run_plan(
     let deps = Deployments::new(&cfg.checkout_path);
     let fetch = fetch_opts(defaults);
     // systemd is optional for a dry run (a plan can be made on an image-build host).
-    let sd = match Systemd::system() {
+    let sd = match Systemd::connect() {
         Ok(sd) => Some(sd),
         Err(e) if dry_run => {
             output::status(format!("note: {e:#}; unit states are not checked"));

@@ -76,6 +76,59 @@ pub(crate) fn rootfs_source(store: &Store, img: &ImageRecord) -> Result<(String,
     Ok((commit, "/rootfs"))
 }
 
+/// Up to `limit` paths of the image's rootfs owned by another user or group than root,
+/// and how many there are. A rootless checkout belongs to the caller, so inside the
+/// container these belong to root.
+pub(crate) fn non_root_owned(
+    store: &Store,
+    img: &ImageRecord,
+    limit: usize,
+) -> Result<(Vec<String>, usize)> {
+    fn walk(
+        dir: &gio::File,
+        rel: &str,
+        out: &mut Vec<String>,
+        n: &mut usize,
+        limit: usize,
+    ) -> Result<()> {
+        let children = dir
+            .enumerate_children(
+                "standard::name,standard::type,unix::uid,unix::gid",
+                gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+                gio::Cancellable::NONE,
+            )
+            .map_err(gerr)?;
+        while let Some(info) = children.next_file(gio::Cancellable::NONE).map_err(gerr)? {
+            let name = info.name();
+            let path = format!("{rel}/{}", name.display());
+            if info.attribute_uint32("unix::uid") != 0 || info.attribute_uint32("unix::gid") != 0 {
+                *n += 1;
+                if out.len() < limit {
+                    out.push(path.clone());
+                }
+            }
+            if info.file_type() == gio::FileType::Directory {
+                walk(&dir.child(&name), &path, out, n, limit)?;
+            }
+        }
+        Ok(())
+    }
+    let (commit, sub) = rootfs_source(store, img)?;
+    let (root, _) = store
+        .repo
+        .read_commit(&commit, gio::Cancellable::NONE)
+        .map_err(gerr)?;
+    let (mut out, mut n) = (Vec::new(), 0);
+    walk(
+        &root.resolve_relative_path(sub.trim_start_matches('/')),
+        "",
+        &mut out,
+        &mut n,
+        limit,
+    )?;
+    Ok((out, n))
+}
+
 fn temp_name(dest: &Path) -> Result<PathBuf> {
     let name = dest
         .file_name()

@@ -31,15 +31,16 @@ struct GlobalOpts {
     /// exists on the same filesystem as the checkout path, else CHECKOUT/.storage/ostree.
     #[arg(long, global = true, env = "SYSCONT_OSTREE_REPO", value_name = "PATH")]
     repo: Option<PathBuf>,
-    /// Keep container deployments (NAME, NAME.0, NAME.1) in this directory.
+    /// Keep container deployments (NAME, NAME.0, NAME.1) in this directory. By default it
+    /// is /var/lib/containers/atomic for root and $XDG_DATA_HOME/containers/atomic for
+    /// other users (their own rootless containers).
     #[arg(
         long,
         global = true,
         env = "SYSCONT_CHECKOUT_PATH",
-        value_name = "PATH",
-        default_value = "/var/lib/containers/atomic"
+        value_name = "PATH"
     )]
-    checkout_path: PathBuf,
+    checkout_path: Option<PathBuf>,
     /// Print less: no progress, only results and errors (for lists: only IDs or names).
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -129,10 +130,10 @@ enum Command {
 /// `syscont install`.
 #[derive(Debug, Args)]
 struct InstallArgs {
-    /// Install as a system container (the default for root).
+    /// Install a system container (the default for root, and only for root).
     #[arg(long, conflicts_with = "user")]
     system: bool,
-    /// Install as the calling user (rootless); not supported yet.
+    /// Install a rootless container of the calling user (the default for everyone but root).
     #[arg(long)]
     user: bool,
     /// Name the container (by default it is the image name, with the tag unless it is latest).
@@ -425,12 +426,23 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
     crate::output::set_quiet(g.quiet);
     let store = StoreConfig {
         repo: g.repo.clone(),
-        checkout_path: g.checkout_path.clone(),
+        checkout_path: g
+            .checkout_path
+            .clone()
+            .unwrap_or_else(crate::scope::default_checkout_path),
     };
     match opt.command {
         Command::Install(i) => {
-            if i.user {
-                anyhow::bail!("--user (rootless) installs are not supported yet");
+            let user = crate::scope::is_user();
+            if i.user && !user {
+                anyhow::bail!(
+                    "--user does not work as root: root installs system containers (--system)"
+                );
+            }
+            if i.system && user {
+                anyhow::bail!(
+                    "--system needs root; as a user, syscont installs your own rootless containers (--user, the default)"
+                );
             }
             let o = crate::container::InstallOpts {
                 image: i.image,

@@ -22,8 +22,6 @@ use crate::systemd::Systemd;
 use crate::templates::{self, Engine, RenderValues, ValueInputs};
 
 /// Where units and tmpfiles snippets go.
-const UNIT_DIR: &str = "/etc/systemd/system";
-const TMPFILES_DIR: &str = "/etc/tmpfiles.d";
 /// The first line of every unit syscont writes: how it recognises its own files.
 const UNIT_MARKER: &str = "# Managed by syscont; changes are overwritten by updates.";
 /// How long a start or stop job may take.
@@ -33,16 +31,19 @@ fn unit_name(name: &str) -> String {
     format!("{name}.service")
 }
 
-fn unit_path(name: &str) -> PathBuf {
-    Path::new(UNIT_DIR).join(unit_name(name))
+/// The unit file: `/etc/systemd/system/NAME.service`, or in the user's unit directory.
+pub(crate) fn unit_path(name: &str) -> PathBuf {
+    crate::scope::units_dir().join(unit_name(name))
 }
 
-fn dropin_dir(name: &str) -> PathBuf {
-    Path::new(UNIT_DIR).join(format!("{name}.service.d"))
+/// The unit's drop-in directory.
+pub(crate) fn dropin_dir(name: &str) -> PathBuf {
+    crate::scope::units_dir().join(format!("{name}.service.d"))
 }
 
-fn tmpfiles_path(name: &str) -> PathBuf {
-    Path::new(TMPFILES_DIR).join(format!("{name}.conf"))
+/// The tmpfiles snippet: `/etc/tmpfiles.d/NAME.conf`, or in the user's directory.
+pub(crate) fn tmpfiles_path(name: &str) -> PathBuf {
+    crate::scope::tmpfiles_dir().join(format!("{name}.conf"))
 }
 
 /// Options of `syscont install`.
@@ -202,13 +203,15 @@ fn render_slot(
         .set
         .get("RUN_DIRECTORY")
         .cloned()
-        .unwrap_or_else(|| "/run".into());
+        .unwrap_or_else(|| crate::scope::template_dirs().0);
     let pidfile = t
         .set
         .get("PIDFILE")
         .cloned()
         .unwrap_or_else(|| format!("{run_dir}/container-{}.pid", t.name));
-    let exec = runtime::exec_lines(&t.runtime, t.name, mode, &pidfile, true);
+    // Rootless runc cannot use systemd's cgroup driver here (a user manager on a hybrid
+    // cgroup layout); it leaves the cgroup to the user's unit.
+    let exec = runtime::exec_lines(&t.runtime, t.name, mode, &pidfile, !crate::scope::is_user());
     let self_path = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "syscont".into());
@@ -251,6 +254,11 @@ fn render_slot(
                 .to_string(),
         );
         serde_json::to_string_pretty(&v)?
+    } else {
+        config
+    };
+    let config = if crate::scope::is_user() {
+        templates::make_rootless(&config)?
     } else {
         config
     };
@@ -320,6 +328,14 @@ fn render_slot(
         &manifest.installed_files_template,
         &render_host,
     )?;
+    if crate::scope::is_user() && !plan.entries.is_empty() {
+        let paths: Vec<&str> = plan.entries.keys().map(String::as_str).collect();
+        bail!(
+            "{} installs files on the host ({}); a rootless container cannot, so only root can install it (--system)",
+            t.img.name,
+            paths.join(", ")
+        );
+    }
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -586,8 +602,11 @@ fn tmpfiles(op: &str, name: &str) -> Result<()> {
     if !p.exists() {
         return Ok(());
     }
-    Command::new("systemd-tmpfiles")
-        .arg(op)
+    let mut cmd = Command::new("systemd-tmpfiles");
+    if crate::scope::is_user() {
+        cmd.arg("--user");
+    }
+    cmd.arg(op)
         .arg(&p)
         .run_checked()
         .with_context(|| format!("Applying {}", p.display()))
@@ -743,6 +762,19 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
         "Extracting to {}",
         deps.slot_dir(&name, 0).display()
     ));
+    if crate::scope::is_user() && target.remote.is_none() {
+        // A rootless checkout belongs to the caller: other owners cannot be kept.
+        let _lock = store.lock()?;
+        let (some, n) = crate::checkout::non_root_owned(&store, &img, 3)?;
+        if n > 0 {
+            output::status(format!(
+                "Note: {n} file(s) of {} belong to other users than root (e.g. {}); a rootless \
+                 checkout cannot keep their owners, so inside the container they belong to root.",
+                img.name,
+                some.join(", ")
+            ));
+        }
+    }
     let rendered = build_slot(&store, &deps, &target, 0)?;
     let conflicts = hostfs::conflicts(Path::new("/"), &rendered.plan, &BTreeMap::new())?;
     if !conflicts.is_empty() {
@@ -756,7 +788,7 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
     // commit point: it appears last, once the unit is registered and enabled, so a
     // container is either installed completely or not at all, and the next run cleans up
     // after one that was killed half-way.
-    let sd = Systemd::system()?;
+    let sd = Systemd::connect()?;
     let unit = unit_name(&name);
     let res = (|| -> Result<()> {
         // Record the host files before writing them, so a crash cannot orphan them.
@@ -816,7 +848,7 @@ pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
         bail!("container {name} is not installed");
     }
     let info = slot.and_then(|s| deps.read_info(name, s).ok());
-    let sd = Systemd::system()?;
+    let sd = Systemd::connect()?;
     let unit = unit_name(name);
     if unit_ours
         || info
@@ -971,7 +1003,7 @@ pub(crate) fn list(
     let states = if unit_refs.is_empty() {
         Default::default()
     } else {
-        Systemd::system()?.unit_states(&unit_refs)?
+        Systemd::connect()?.unit_states(&unit_refs)?
     };
     let mut rows = Vec::new();
     for (n, s, info) in infos {
@@ -1139,7 +1171,7 @@ pub(crate) fn start(cfg: &StoreConfig, name: &str) -> Result<()> {
     if !deps.is_installed(name) {
         bail!("container {name} is not installed");
     }
-    Systemd::system()?.start(&unit_name(name), JOB_TIMEOUT)?;
+    Systemd::connect()?.start(&unit_name(name), JOB_TIMEOUT)?;
     output::status(format!("Started {}.", unit_name(name)));
     Ok(())
 }
@@ -1151,7 +1183,7 @@ pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
     if !deps.is_installed(name) {
         bail!("container {name} is not installed");
     }
-    Systemd::system()?.stop(&unit_name(name), JOB_TIMEOUT)?;
+    Systemd::connect()?.stop(&unit_name(name), JOB_TIMEOUT)?;
     output::status(format!("Stopped {}.", unit_name(name)));
     Ok(())
 }
@@ -1181,6 +1213,7 @@ pub(crate) enum UpdateOutcome {
 
 fn journal_tail(unit: &str) -> String {
     Command::new("journalctl")
+        .args(crate::scope::journalctl_args())
         .args(["-u", unit, "-n", "15", "--no-pager", "-o", "cat"])
         .output_string()
         .unwrap_or_default()
@@ -1273,7 +1306,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
     let old = deps.read_info(name, cur)?;
     let next = 1 - cur;
     if republish_if_stale(&deps, name, cur)? {
-        Systemd::system()?.reload()?;
+        Systemd::connect()?.reload()?;
     }
     let image_arg = o.rebase.clone().unwrap_or_else(|| old.image.clone());
     let img = image_for(&store, &image_arg, o.fetch.as_ref(), o.pull)?;
@@ -1322,7 +1355,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
     let mut new_info = rendered.info.clone();
     new_info.installed_files = rendered.plan.entries.keys().cloned().collect();
 
-    let sd = Systemd::system()?;
+    let sd = Systemd::connect()?;
     let unit = unit_name(name);
     let was_active = old.has_container_service
         && sd
@@ -1398,7 +1431,7 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     }
     println!("Attempting to roll back system container: {name}");
     if republish_if_stale(&deps, name, cur)? {
-        Systemd::system()?.reload()?;
+        Systemd::connect()?.reload()?;
     }
     let from = deps.read_info(name, cur)?;
     let mut to = deps.read_info(name, other)?;
@@ -1412,7 +1445,7 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
         "Rolling back container {name} to the checkout at {}",
         dir.display()
     );
-    let sd = Systemd::system()?;
+    let sd = Systemd::connect()?;
     let unit = unit_name(name);
     let was_active = from.has_container_service
         && sd

@@ -218,7 +218,7 @@ fn cgroup_check() -> Check {
 }
 
 fn systemd_check() -> Check {
-    match crate::systemd::Systemd::system().and_then(|s| s.version()) {
+    match crate::systemd::Systemd::connect().and_then(|s| s.version()) {
         Ok(v) => ok("systemd", format!("reachable over D-Bus, version {v}")),
         Err(e) => bad(
             "systemd",

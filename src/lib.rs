@@ -23,6 +23,7 @@ pub(crate) mod pull;
 pub(crate) mod reference;
 pub(crate) mod registries;
 pub(crate) mod runtime;
+pub(crate) mod scope;
 pub(crate) mod store;
 pub(crate) mod systemd;
 pub(crate) mod tarimport;

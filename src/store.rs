@@ -215,6 +215,9 @@ impl StoreConfig {
         if let Some(r) = &self.repo {
             return r.clone();
         }
+        if crate::scope::is_user() {
+            return crate::scope::user_repo();
+        }
         let system = Path::new("/ostree/repo");
         if system.join("config").exists() && same_filesystem(system, &self.checkout_path) {
             return system.to_path_buf();

@@ -88,16 +88,28 @@ trait Service {
     fn main_pid(&self) -> zbus::Result<u32>;
 }
 
+/// `" --user"` when the user's journal holds the unit's lines.
+fn journal_scope() -> &'static str {
+    if crate::scope::is_user() {
+        " --user"
+    } else {
+        ""
+    }
+}
+
 /// A systemd job that did not end in `done`, or a unit that did not stay up.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UnitError {
-    #[error("{verb} {unit} failed (result: {result}); see `journalctl -u {unit}`")]
+    #[error(
+        "{verb} {unit} failed (result: {result}); see `journalctl{} -u {unit}`",
+        journal_scope()
+    )]
     JobFailed {
         verb: &'static str,
         unit: String,
         result: String,
     },
-    #[error("{unit} did not stay active: it is {state} ({sub}, result: {result}); see `journalctl -u {unit}`")]
+    #[error("{unit} did not stay active: it is {state} ({sub}, result: {result}); see `journalctl{} -u {unit}`", journal_scope())]
     NotActive {
         unit: String,
         state: String,
@@ -139,6 +151,31 @@ fn dbus_err(e: zbus::Error) -> anyhow::Error {
 
 impl Systemd {
     /// Connects to the system bus (`$DBUS_SYSTEM_BUS_ADDRESS` or the standard socket).
+    /// The manager of this scope: the system's for root, the user's own otherwise.
+    pub(crate) fn connect() -> Result<Systemd> {
+        if crate::scope::is_user() {
+            Self::user()
+        } else {
+            Self::system()
+        }
+    }
+
+    /// The calling user's manager (`user@UID.service`) on the session bus.
+    pub(crate) fn user() -> Result<Systemd> {
+        let conn = zbus::blocking::Connection::session().map_err(|e| {
+            anyhow!(
+                "the user's systemd is not reachable on the session bus ({e}); rootless \
+                 containers need the user manager (user@UID.service, e.g. through a login or \
+                 `loginctl enable-linger`) and its bus ($XDG_RUNTIME_DIR/bus)"
+            )
+        })?;
+        Ok(Systemd {
+            conn,
+            subscribed: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The system manager on the system bus.
     pub(crate) fn system() -> Result<Systemd> {
         let conn = zbus::blocking::Connection::system().map_err(|e| {
             anyhow!(

@@ -105,15 +105,13 @@ pub(crate) struct ValueInputs<'a> {
 /// Computes all template values.
 pub(crate) fn compute_values(i: &ValueInputs<'_>) -> BTreeMap<String, String> {
     let mut v = i.set.clone();
-    let run_dir = v
-        .get("RUN_DIRECTORY")
-        .cloned()
-        .unwrap_or_else(|| "/run".into());
+    let (os_run, os_state, os_conf) = crate::scope::template_dirs();
+    let run_dir = v.get("RUN_DIRECTORY").cloned().unwrap_or(os_run);
     let os: [(&str, String); 7] = [
         ("RUN_DIRECTORY", run_dir.clone()),
         ("PIDFILE", format!("{run_dir}/container-{}.pid", i.name)),
-        ("CONF_DIRECTORY", "/etc".into()),
-        ("STATE_DIRECTORY", "/var/lib".into()),
+        ("CONF_DIRECTORY", os_conf),
+        ("STATE_DIRECTORY", os_state),
         ("ALL_PROCESS_CAPABILITIES", all_process_capabilities()),
         ("RUNTIME", i.runtime.display().to_string()),
         ("ATOMIC", i.self_path.to_string()),
@@ -276,6 +274,86 @@ fn tera_chain(e: &tera::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Makes a rendered config rootless, as Atomic's `_configure_userns` did (with its gid bug
+/// fixed): a user namespace mapping the caller to root and the caller's `/etc/subuid` and
+/// `/etc/subgid` ranges after it; no network namespace (the host's network, as a user may
+/// not create interfaces); `/sys` as a read-only bind instead of sysfs and cgroup mounts;
+/// `nosuid,nodev` on every mount but `/dev`; no cgroup resources or devices rules.
+pub(crate) fn make_rootless(config: &str) -> Result<String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config).context("The rendered config.json is not valid JSON")?;
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let linux = v
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("config.json is not an object"))?
+        .entry("linux")
+        .or_insert_with(|| serde_json::json!({}));
+    let mut namespaces: Vec<serde_json::Value> = linux["namespaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n["type"] != "network" && n["type"] != "user" && n["type"] != "cgroup")
+        .collect();
+    namespaces.push(serde_json::json!({"type": "user"}));
+    linux["namespaces"] = serde_json::Value::Array(namespaces);
+    let mapping = |own: u32, file: &str| {
+        let mut m = vec![serde_json::json!({"containerID": 0, "hostID": own, "size": 1})];
+        if let Some((start, count)) = crate::scope::subid_range(file) {
+            m.push(serde_json::json!({"containerID": 1, "hostID": start, "size": count}));
+        }
+        serde_json::Value::Array(m)
+    };
+    let has_subgid = crate::scope::subid_range("/etc/subgid").is_some();
+    linux["uidMappings"] = mapping(uid, "/etc/subuid");
+    linux["gidMappings"] = mapping(gid, "/etc/subgid");
+    if let Some(l) = linux.as_object_mut() {
+        l.remove("resources");
+        l.remove("cgroupsPath");
+    }
+    let mounts: Vec<serde_json::Value> = v["mounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            let d = m["destination"].as_str().unwrap_or_default();
+            d != "/sys" && !d.starts_with("/sys/")
+        })
+        .map(|mut m| {
+            let dest = m["destination"].as_str().unwrap_or_default().to_string();
+            let mut opts: Vec<String> = m["options"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|o| o.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Without a subgid range, only the caller's own gid exists inside.
+            if !has_subgid {
+                opts.retain(|o| !o.starts_with("gid="));
+            }
+            if dest != "/dev" {
+                for o in ["nosuid", "nodev"] {
+                    if !opts.iter().any(|x| x == o) {
+                        opts.push(o.to_string());
+                    }
+                }
+            }
+            m["options"] = serde_json::json!(opts);
+            m
+        })
+        .chain(std::iter::once(serde_json::json!({
+            "destination": "/sys", "type": "bind", "source": "/sys",
+            "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]
+        })))
+        .collect();
+    v["mounts"] = serde_json::Value::Array(mounts);
+    Ok(serde_json::to_string_pretty(&v)?)
 }
 
 /// Checks a rendered `config.json`: it must parse as an OCI runtime spec, with a read-only

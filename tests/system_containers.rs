@@ -1883,3 +1883,246 @@ fn an_atomic_host_carries_over() {
         .sh_ok(&format!("ostree refs --repo={repo}"))
         .contains("ociimage/test-atomic_3Alatest"));
 }
+
+/// Runs syscont inside as a user with their own systemd (user@UID.service).
+fn as_user(w: &World, user: &str, uid: u32, args: &[&str]) -> Output {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    w.tb.sh(&format!(
+        "cd / && runuser -u {user} -- env -i HOME=/home/{user} USER={user} PATH=/usr/bin:/bin \
+         XDG_RUNTIME_DIR=/run/user/{uid} DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus \
+         /usr/local/bin/syscont {}",
+        quoted.join(" ")
+    ))
+}
+
+fn user_ok(w: &World, user: &str, uid: u32, args: &[&str]) -> String {
+    let o = as_user(w, user, uid, args);
+    assert!(
+        o.status.success(),
+        "{user}: syscont {args:?} failed:\nstdout: {}\nstderr: {}\njournal: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(
+            &w.tb
+                .sh(&format!(
+                    "journalctl --no-pager -n 30 _UID={uid} | tail -30"
+                ))
+                .stdout
+        )
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn user_fails(w: &World, user: &str, uid: u32, args: &[&str]) -> String {
+    let o = as_user(w, user, uid, args);
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !o.status.success(),
+        "{user}: syscont {args:?} succeeded:\n{t}"
+    );
+    t
+}
+
+#[test]
+fn rootless_containers_of_two_users() {
+    let w = World::new();
+    // Two users with their own systemd, and syscont where they can run it.
+    w.tb.copy_in(Path::new(BIN), "/usr/local/bin");
+    w.tb.sh_ok(
+        "useradd -m -u 1500 u1 && useradd -m -u 1501 u2 && systemctl start user@1500.service user@1501.service \
+         && touch /tmp/before-users && sleep 1",
+    );
+    let (u1, u2) = (("u1", 1500), ("u2", 1501));
+    // Root cannot ask for a user install, nor a user for a system one.
+    let e = w.fails(&["install", "--user", "test-system"]);
+    assert!(e.contains("--user does not work as root"), "{e}");
+    let e = user_fails(&w, u1.0, u1.1, &["install", "--system", "test-system"]);
+    assert!(e.contains("--system needs root"), "{e}");
+
+    // u1 pulls into a bare-user repo under ~/.local/share and installs (rootless runc,
+    // user namespace, the user's systemd over the session bus).
+    user_ok(&w, u1.0, u1.1, &["pull", "test-system"]);
+    user_ok(
+        &w,
+        u1.0,
+        u1.1,
+        &[
+            "install",
+            "--name",
+            "web",
+            "--set",
+            "PORT=8500",
+            "--set",
+            "RECEIVER=u1",
+            "--start",
+            "test-system",
+        ],
+    );
+    assert!(w.http(8500).contains("Hi u1 from web"));
+    let unit = w.read("/home/u1/.config/systemd/user/web.service");
+    assert!(
+        unit.contains("runc run -d") && !unit.contains("--systemd-cgroup"),
+        "{unit}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&w.read("/home/u1/.local/share/containers/atomic/web.0/config.json"))
+            .unwrap();
+    assert_eq!(config["linux"]["uidMappings"][0]["hostID"], 1500);
+    assert!(config["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["type"] == "user"));
+    assert!(!config["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["type"] == "network"));
+    let repo_mode =
+        w.tb.sh_ok("grep mode /home/u1/.local/share/containers/atomic/repo/config");
+    assert!(repo_mode.contains("bare-user"), "{repo_mode}");
+    let list = user_ok(&w, u1.0, u1.1, &["containers", "list"]);
+    assert!(list.contains("web") && list.contains("running"), "{list}");
+    // Exec, update (health-gated), rollback: all as the user.
+    assert!(user_ok(
+        &w,
+        u1.0,
+        u1.1,
+        &["run", "web", "cat", "/run/www/index.html"]
+    )
+    .contains("Hi u1"));
+    user_ok(
+        &w,
+        u1.0,
+        u1.1,
+        &[
+            "containers",
+            "update",
+            "--set",
+            "PORT=8501",
+            "--probation",
+            "1",
+            "web",
+        ],
+    );
+    assert!(w.http(8501).contains("Hi u1 from web"));
+    user_ok(&w, u1.0, u1.1, &["containers", "rollback", "web"]);
+    assert!(w.http(8500).contains("Hi u1 from web"));
+    // crun works rootless too.
+    user_ok(
+        &w,
+        u1.0,
+        u1.1,
+        &[
+            "install",
+            "--name",
+            "web-crun",
+            "--runtime",
+            "/usr/bin/crun",
+            "--set",
+            "PORT=8502",
+            "--set",
+            "RECEIVER=crun",
+            "--start",
+            "test-system",
+        ],
+    );
+    assert!(w.http(8502).contains("Hi crun from web-crun"));
+    assert!(user_ok(
+        &w,
+        u1.0,
+        u1.1,
+        &["run", "web-crun", "cat", "/run/www/index.html"]
+    )
+    .contains("Hi crun"));
+    user_ok(&w, u1.0, u1.1, &["uninstall", "web-crun"]);
+    // Files of other owners cannot keep them in a rootless checkout: the install says so.
+    let owners = w._work.path().join("owners");
+    busybox_rootfs(&owners, RUN_HTTPD);
+    write(&owners.join("etc/owned"), "x\n");
+    std::os::unix::fs::chown(owners.join("etc/owned"), Some(1234), Some(1234)).unwrap();
+    let exports = w._work.path().join("owners-exports");
+    write(
+        &exports.join("config.json.template"),
+        &CONFIG_TEMPLATE.replace("$EXTRA_ENV", ""),
+    );
+    write(
+        &exports.join("manifest.json"),
+        r#"{"version": "1.0", "defaultValues": {"PORT": "8503", "RECEIVER": "x"}}"#,
+    );
+    let out = std::process::Command::new(BIN)
+        .args([
+            "build",
+            "--rootfs",
+            owners.to_str().unwrap(),
+            "--exports",
+            exports.to_str().unwrap(),
+            "--tag",
+            "test-owners:latest",
+        ])
+        .args([
+            "--push",
+            &format!("docker://{}/test-owners:latest", w.reg.addr()),
+            "--tls-verify=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = user_ok(
+        &w,
+        u1.0,
+        u1.1,
+        &["install", "--name", "owners", "test-owners"],
+    );
+    assert!(
+        out.contains("belong to other users than root") && out.contains("/etc/owned"),
+        "{out}"
+    );
+    user_ok(&w, u1.0, u1.1, &["uninstall", "owners"]);
+    // An image with host files is root's only.
+    let e = user_fails(
+        &w,
+        u1.0,
+        u1.1,
+        &["install", "--name", "files", "test-system-hostfs"],
+    );
+    assert!(
+        e.contains("installs files on the host") && e.contains("--system"),
+        "{e}"
+    );
+
+    // u2 sees nothing of u1's, and cannot touch it; neither does root's list show it.
+    let l2 = user_ok(&w, u2.0, u2.1, &["containers", "list", "--all"]);
+    assert!(!l2.contains("web"), "{l2}");
+    assert!(!user_ok(&w, u2.0, u2.1, &["images", "list"]).contains("test-system"));
+    let e = user_fails(&w, u2.0, u2.1, &["uninstall", "web"]);
+    assert!(e.contains("not installed"), "{e}");
+    assert!(!w.ok(&["containers", "list", "--all"]).contains("web"));
+
+    // Uninstall as u1, and nothing was written outside the users' own directories.
+    user_ok(&w, u1.0, u1.1, &["uninstall", "web"]);
+    assert!(!w.exists("/home/u1/.config/systemd/user/web.service"));
+    assert!(!w.exists("/home/u1/.local/share/containers/atomic/web.0"));
+    let outside = w.tb.sh_ok(
+        // What this testbed wrote is in its overlay's upper directory (the lower one is the
+        // machine's root, which other work may change meanwhile).
+        "cd /.oldroot/mnt/upper && find . -newer /tmp/before-users \
+         | grep -v -e '^\\.$' -e '^\\./home$' -e '^\\./home/u[12]\\(/\\|$\\)' -e '^\\./var$' -e '^\\./tmp$' -e '^\\./var/lib$' \
+                   -e '^\\./var/log\\(/\\|$\\)' -e '^\\./var/lib/systemd\\(/\\|$\\)' || true",
+    );
+    assert!(
+        outside.trim().is_empty(),
+        "written outside the users' directories:\n{outside}"
+    );
+}
