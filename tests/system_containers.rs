@@ -1655,6 +1655,9 @@ fn apply_at_boot_then_reboot_then_air_gapped() {
         log.find("==> install etcd").unwrap() < log.find("==> install flannel").unwrap(),
         "{log}"
     );
+    // It told systemd what it was doing (sd_notify STATUS=).
+    let status = tb.sh_ok("systemctl show -P StatusText syscont-apply.service");
+    assert!(status.contains("flannel"), "{status}");
     assert!(tb
         .sh_ok(&format!("{BIN} apply /etc/syscont/host.toml"))
         .contains("Nothing to do"));
