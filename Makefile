@@ -20,11 +20,12 @@ release: deps
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
 # Unit tests, then the integration tests (real registry, real skopeo, real systemd and
 # runc in a private namespace). Tests that need root fail loudly without it.
 test: deps lint
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --all-targets --features failpoints -- --test-threads=2
 
 demo: release
 	./demo/demo.sh

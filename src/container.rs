@@ -732,6 +732,19 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
     let _lock = deps.lock(&name)?;
     if deps.is_installed(&name) {
         println!("{name} already present");
+        // `--start` still means the service runs afterwards (also after an install that
+        // was interrupted between its last file and the start).
+        if o.start {
+            let info = deps.read_info(&name, deps.active_slot(&name).expect("installed"))?;
+            if info.has_container_service {
+                let sd = Systemd::connect()?;
+                let st = sd.unit_state(&unit_name(&name))?;
+                if st.active_state != "active" {
+                    sd.start(&unit_name(&name), JOB_TIMEOUT)?;
+                    output::status(format!("Started {}.", unit_name(&name)));
+                }
+            }
+        }
         return Ok(());
     }
     let runtime = runtime::resolve(&o.runtime.clone().unwrap_or_else(runtime::default_runtime))?;
@@ -776,6 +789,7 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
         }
     }
     let rendered = build_slot(&store, &deps, &target, 0)?;
+    crate::failpoint::hit("install.slot-built");
     let conflicts = hostfs::conflicts(Path::new("/"), &rendered.plan, &BTreeMap::new())?;
     if !conflicts.is_empty() {
         let _ = remove_tree(&deps.slot_dir(&name, 0));
@@ -795,7 +809,9 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
         let mut info = rendered.info.clone();
         info.installed_files_checksum = hostfs::planned_checksums(&rendered.plan);
         deps.write_info(&name, 0, &info)?;
+        crate::failpoint::hit("install.info-written");
         let installed = hostfs::apply(Path::new("/"), &rendered.plan)?;
+        crate::failpoint::hit("install.hostfs-applied");
         info.installed_files_checksum = installed.checksums.clone();
         info.syscont.created_dirs = installed.created_dirs.clone();
         deps.write_info(&name, 0, &info)?;
@@ -803,12 +819,16 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
             output::status(format!("Created file {f}"));
         }
         publish_units(&deps, &name, 0)?;
+        crate::failpoint::hit("install.units-published");
         sd.reload()?;
         tmpfiles("--create", &name)?;
         if rendered.service.is_some() {
             sd.enable(&[&unit])?;
         }
-        deps.activate(&name, 0)
+        crate::failpoint::hit("install.enabled");
+        deps.activate(&name, 0)?;
+        crate::failpoint::hit("install.linked");
+        Ok(())
     })();
     if let Err(e) = res {
         if rendered.service.is_some() {
@@ -857,6 +877,7 @@ pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
             .unwrap_or(false)
     {
         sd.stop(&unit, JOB_TIMEOUT)?;
+        crate::failpoint::hit("uninstall.stopped");
         let _ = sd.disable(&[&unit]);
     }
     let _ = std::fs::remove_file(unit_path(name));
@@ -865,6 +886,7 @@ pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
     let _ = sd.reset_failed(&unit);
     let _ = tmpfiles("--remove", name);
     let _ = std::fs::remove_file(tmpfiles_path(name));
+    crate::failpoint::hit("uninstall.units-removed");
     if let Some(info) = &info {
         for kept in hostfs::remove(
             Path::new("/"),
@@ -877,7 +899,10 @@ pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
             ));
         }
     }
+    crate::failpoint::hit("uninstall.hostfs-removed");
     let _ = std::fs::remove_file(deps.link(name));
+    crate::failpoint::hit("uninstall.unlinked");
+    switch_done(&deps, name);
     for s in [0, 1] {
         remove_tree(&deps.slot_dir(name, s))?;
     }
@@ -1172,6 +1197,7 @@ pub(crate) fn start(cfg: &StoreConfig, name: &str) -> Result<()> {
         bail!("container {name} is not installed");
     }
     Systemd::connect()?.start(&unit_name(name), JOB_TIMEOUT)?;
+    switch_done(&deps, name);
     output::status(format!("Started {}.", unit_name(name)));
     Ok(())
 }
@@ -1184,6 +1210,7 @@ pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
         bail!("container {name} is not installed");
     }
     Systemd::connect()?.stop(&unit_name(name), JOB_TIMEOUT)?;
+    switch_done(&deps, name);
     output::status(format!("Stopped {}.", unit_name(name)));
     Ok(())
 }
@@ -1219,12 +1246,64 @@ fn journal_tail(unit: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The marker of a service stopped for a switch: while it exists, the service is to run
+/// again, so a switch that is interrupted still ends with the service running (the next
+/// update or rollback starts it).
+fn stopped_for_switch(deps: &Deployments, name: &str) -> PathBuf {
+    deps.root.join(format!(".{name}.stopped-for-switch"))
+}
+
+/// Stops the service before its deployment is switched, when it runs (or ran before an
+/// interrupted switch); returns whether it is to run again afterwards.
+fn stop_for_switch(
+    sd: &Systemd,
+    deps: &Deployments,
+    name: &str,
+    has_service: bool,
+) -> Result<bool> {
+    let marker = stopped_for_switch(deps, name);
+    let unit = unit_name(name);
+    let running = has_service
+        && (marker.exists()
+            || sd
+                .unit_state(&unit)
+                .map(|s| s.active_state == "active" || s.active_state == "activating")
+                .unwrap_or(false));
+    if running {
+        fsutil::atomic_write(&marker, b"", 0o644)?;
+        sd.stop(&unit, JOB_TIMEOUT)?;
+    }
+    Ok(running)
+}
+
+/// Starts a service that an interrupted update or rollback left stopped.
+fn finish_interrupted_switch(deps: &Deployments, name: &str) -> Result<()> {
+    if !stopped_for_switch(deps, name).exists() {
+        return Ok(());
+    }
+    output::status(format!(
+        "Starting {} again: an earlier update or rollback stopped it and was interrupted.",
+        unit_name(name)
+    ));
+    let sd = Systemd::connect()?;
+    sd.reload()?;
+    restart_and_watch(&sd, name, Duration::ZERO)?;
+    switch_done(deps, name);
+    Ok(())
+}
+
+/// The switch is over: the service runs or was not meant to.
+fn switch_done(deps: &Deployments, name: &str) {
+    let _ = std::fs::remove_file(stopped_for_switch(deps, name));
+}
+
 /// Restarts the unit on the current files and waits through the probation time.
 fn restart_and_watch(sd: &Systemd, name: &str, probation: Duration) -> Result<()> {
     let unit = unit_name(name);
     let _ = sd.reset_failed(&unit);
     tmpfiles("--create", name)?;
     sd.start(&unit, JOB_TIMEOUT)?;
+    crate::failpoint::hit("update.restarted");
     sd.wait_active(&unit, probation)
 }
 
@@ -1282,7 +1361,9 @@ fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Inf
     for k in kept.iter().filter(|k| !modified.contains(k)) {
         output::status(format!("Will not delete {k} as it was manually modified."));
     }
+    crate::failpoint::hit("switch.hostfs-removed");
     let installed = hostfs::apply(Path::new("/"), &plan)?;
+    crate::failpoint::hit("switch.hostfs-applied");
     to.installed_files_checksum = installed.checksums;
     let mut dirs = from.syscont.created_dirs.clone();
     dirs.extend(installed.created_dirs);
@@ -1291,6 +1372,7 @@ fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Inf
     to.syscont.created_dirs = dirs;
     deps.write_info(name, slot, to)?;
     publish_units(deps, name, slot)?;
+    crate::failpoint::hit("switch.units-published");
     deps.activate(name, slot)
 }
 
@@ -1334,6 +1416,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         || runtime != Path::new(&old.runtime);
     if img.id() == old.revision && !values_changed {
         println!("Latest version already installed.");
+        finish_interrupted_switch(&deps, name)?;
         return Ok(UpdateOutcome::UpToDate);
     }
     let target = Target {
@@ -1352,19 +1435,14 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         deps.slot_dir(name, next).display()
     ));
     let rendered = build_slot(&store, &deps, &target, next)?;
+    crate::failpoint::hit("update.slot-built");
     let mut new_info = rendered.info.clone();
     new_info.installed_files = rendered.plan.entries.keys().cloned().collect();
 
     let sd = Systemd::connect()?;
     let unit = unit_name(name);
-    let was_active = old.has_container_service
-        && sd
-            .unit_state(&unit)
-            .map(|s| s.active_state == "active" || s.active_state == "activating")
-            .unwrap_or(false);
-    if was_active {
-        sd.stop(&unit, JOB_TIMEOUT)?;
-    }
+    let was_active = stop_for_switch(&sd, &deps, name, old.has_container_service)?;
+    crate::failpoint::hit("update.stopped");
     let _ = tmpfiles("--remove", name);
     let mut old_info = old.clone();
     if let Err(e) = switch_to(&deps, name, next, &old, &mut new_info) {
@@ -1374,15 +1452,22 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         if was_active {
             let _ = restart_and_watch(&sd, name, Duration::ZERO);
         }
+        switch_done(&deps, name);
         return Err(e);
     }
+    crate::failpoint::hit("update.switched");
     sd.reload()?;
     if !was_active {
         tmpfiles("--create", name)?;
+        switch_done(&deps, name);
         output::status(format!("Updated {name} to {} ({}).", img.name, img.digest));
         return Ok(UpdateOutcome::Updated);
     }
-    match restart_and_watch(&sd, name, o.probation) {
+    let watched = restart_and_watch(&sd, name, o.probation);
+    if watched.is_ok() || o.no_rollback {
+        switch_done(&deps, name);
+    }
+    match watched {
         Ok(()) => {
             output::status(format!(
                 "Updated {name} to {} ({}); it is running.",
@@ -1406,6 +1491,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
             sd.reload()?;
             restart_and_watch(&sd, name, Duration::ZERO)
                 .context("Starting the previous version after the failed update")?;
+            switch_done(&deps, name);
             Err(e.context(format!(
                 "the update of {name} failed and was rolled back; the previous version runs again.\nLast journal lines:\n{journal}"
             )))
@@ -1447,16 +1533,11 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     );
     let sd = Systemd::connect()?;
     let unit = unit_name(name);
-    let was_active = from.has_container_service
-        && sd
-            .unit_state(&unit)
-            .map(|s| s.active_state == "active" || s.active_state == "activating")
-            .unwrap_or(false);
-    if was_active {
-        sd.stop(&unit, JOB_TIMEOUT)?;
-    }
+    let was_active = stop_for_switch(&sd, &deps, name, from.has_container_service)?;
+    crate::failpoint::hit("rollback.stopped");
     let _ = tmpfiles("--remove", name);
     switch_to(&deps, name, other, &from, &mut to)?;
+    crate::failpoint::hit("rollback.switched");
     sd.reload()?;
     tmpfiles("--create", name)?;
     if was_active && to.has_container_service {
@@ -1465,6 +1546,7 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     } else {
         output::status(format!("Rolled back {name}."));
     }
+    switch_done(&deps, name);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod container;
 pub(crate) mod deploy;
 pub(crate) mod doctor;
 pub(crate) mod dollar;
+pub mod failpoint;
 pub(crate) mod fsutil;
 pub(crate) mod hostfs;
 pub(crate) mod imagebuild;

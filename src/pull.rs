@@ -473,6 +473,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
             &digest,
             &src.skopeo_ref,
         )?;
+        crate::failpoint::hit("pull.before-image-ref");
         repo.transaction_set_ref(None, &reference::encode_ostree_ref(&name), Some(&commit));
         Ok(())
     })?;
@@ -603,6 +604,9 @@ fn fetch_layers(
                         });
                         if let Some(bar) = &bar {
                             bar.finish_and_clear();
+                        }
+                        if res.is_ok() {
+                            crate::failpoint::hit("pull.layer-committed");
                         }
                         match res {
                             Ok((_, stats)) => say(format!(

@@ -2129,3 +2129,198 @@ fn rootless_containers_of_two_users() {
         "written outside the users' directories:\n{outside}"
     );
 }
+
+impl World {
+    /// Runs syscont inside with a failpoint; asserts that it was killed there.
+    fn killed_at(&self, failpoint: &str, args: &[&str]) {
+        let o = self
+            .tb
+            .command(
+                &[
+                    &["env", &format!("SYSCONT_FAILPOINT={failpoint}"), BIN][..],
+                    args,
+                ]
+                .concat(),
+            )
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        // nsenter reports the child's death by SIGKILL as its own exit status 137.
+        let killed = o.status.signal() == Some(9) || o.status.code() == Some(137);
+        assert!(
+            killed,
+            "{failpoint}: syscont {args:?} was not killed there ({:?}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Right after a kill: whatever the link says, the slot it names is complete, and the
+    /// unit systemd would run refers to a complete slot.
+    fn working_state(&self, name: &str) {
+        if self.exists(&format!("{CHECKOUT}/{name}")) {
+            let slot = std::fs::read_link(self.path(&format!("{CHECKOUT}/{name}"))).unwrap();
+            for f in ["info", "config.json", "rootfs/usr/bin/run.sh"] {
+                assert!(
+                    self.exists(&format!("{}/{f}", slot.display())),
+                    "{}/{f} is missing",
+                    slot.display()
+                );
+            }
+        }
+        if self.exists(&format!("/etc/systemd/system/{name}.service")) {
+            let unit = self.read(&format!("/etc/systemd/system/{name}.service"));
+            let dir = unit
+                .lines()
+                .find_map(|l| l.strip_prefix("WorkingDirectory="))
+                .unwrap_or_default()
+                .to_string();
+            assert!(!dir.is_empty(), "{unit}");
+            assert!(
+                self.exists(&format!("{dir}/config.json"))
+                    && self.exists(&format!("{dir}/rootfs/usr/bin/run.sh")),
+                "the unit refers to {dir}, which is not complete"
+            );
+        }
+        let list = self.run(&["containers", "list", "--all"]);
+        assert!(
+            list.status.success(),
+            "{}",
+            String::from_utf8_lossy(&list.stderr)
+        );
+    }
+
+    /// After the next command: link, units, tmpfiles, info and host files all agree.
+    fn agrees(&self, name: &str) {
+        assert!(self.consistent(name), "{name} is not installed");
+        let slot = std::fs::read_link(self.path(&format!("{CHECKOUT}/{name}"))).unwrap();
+        let slot = slot.display().to_string();
+        assert_eq!(
+            self.read(&format!("/etc/systemd/system/{name}.service")),
+            self.read(&format!("{slot}/{name}.service"))
+        );
+        if self.exists(&format!("{slot}/tmpfiles-{name}.conf")) {
+            assert_eq!(
+                self.read(&format!("/etc/tmpfiles.d/{name}.conf")),
+                self.read(&format!("{slot}/tmpfiles-{name}.conf"))
+            );
+        }
+        let out = self.ok(&["containers", "verify", name]);
+        assert!(out.contains("nothing changed"), "{out}");
+    }
+
+    fn gone(&self, name: &str) {
+        for f in [
+            format!("/etc/systemd/system/{name}.service"),
+            format!("/etc/tmpfiles.d/{name}.conf"),
+            format!("{CHECKOUT}/{name}"),
+            format!("{CHECKOUT}/{name}.0"),
+            format!("{CHECKOUT}/{name}.1"),
+            "/usr/local/lib/secret-message".to_string(),
+            "/usr/local/lib/secret-message-template".to_string(),
+            format!("/usr/local/lib/renamed-{name}"),
+            "/usr/local/placeholder-lib".to_string(),
+        ] {
+            assert!(!self.exists(&f), "{f} is left");
+        }
+    }
+}
+
+/// Every failpoint of pull, install, update (and the switch it shares with rollback),
+/// rollback and uninstall: kill syscont there, check the host still works, let the next
+/// command finish the job, check that everything agrees, and uninstall. docs/reliability.md
+/// lists the matrix.
+#[test]
+fn crash_matrix() {
+    let w = World::new();
+    let name = "crashy";
+    let image = "test-system-hostfs";
+    let install = |receiver: &str| {
+        w.ok(&[
+            "install",
+            "--system",
+            "--name",
+            name,
+            "--set",
+            "PORT=8600",
+            "--set",
+            &format!("RECEIVER={receiver}"),
+            "--start",
+            image,
+        ]);
+    };
+    let update: &[&str] = &[
+        "containers",
+        "update",
+        "--set",
+        "RECEIVER=Later",
+        "--probation",
+        "1",
+        name,
+    ];
+    for fp in syscont::failpoint::ALL {
+        let op = fp.split('.').next().unwrap();
+        match op {
+            "pull" => {
+                let _ = w.run(&["images", "delete", "--force", image]);
+                w.ok(&["images", "prune"]);
+                w.killed_at(fp, &["pull", image]);
+                // No ref to a partial image; the next pull finishes and the image is whole.
+                assert!(!w.ok(&["images", "list"]).contains(image), "{fp}");
+                w.ok(&["pull", image]);
+                w.ok(&["images", "verify", image]);
+                continue;
+            }
+            "install" => {
+                w.killed_at(
+                    fp,
+                    &[
+                        "install",
+                        "--system",
+                        "--name",
+                        name,
+                        "--set",
+                        "PORT=8600",
+                        "--set",
+                        "RECEIVER=First",
+                        "--start",
+                        image,
+                    ],
+                );
+                w.working_state(name);
+                install("First");
+            }
+            "update" | "switch" => {
+                install("First");
+                w.killed_at(fp, update);
+                w.working_state(name);
+                w.ok(update);
+            }
+            "rollback" => {
+                install("First");
+                w.ok(update);
+                w.killed_at(fp, &["containers", "rollback", name]);
+                w.working_state(name);
+                w.ok(&["run", name]);
+            }
+            "uninstall" => {
+                install("First");
+                w.killed_at(fp, &["uninstall", name]);
+                w.working_state(name);
+                w.ok(&["uninstall", name]);
+                w.gone(name);
+                continue;
+            }
+            other => panic!("no scenario for failpoint {other}"),
+        }
+        w.agrees(name);
+        assert!(
+            w.systemctl(&format!("is-active {name}"))
+                .starts_with("active"),
+            "{fp}: not running"
+        );
+        w.ok(&["uninstall", name]);
+        w.gone(name);
+    }
+}
