@@ -2324,3 +2324,88 @@ fn crash_matrix() {
         w.gone(name);
     }
 }
+
+/// Eight syscont processes at once, for a bounded time, on overlapping names and images:
+/// installs and uninstalls of one name, updates of one container, pulls and deletes of one
+/// image, prunes and listings. Afterwards the store verifies, the containers agree with
+/// their files, and every command that failed said why.
+#[test]
+fn eight_processes_at_once() {
+    let w = World::new();
+    w.ok(&["pull", "test-system"]);
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        "shared",
+        "--set",
+        "PORT=8700",
+        "--start",
+        "test-system",
+    ]);
+    let secs = 25;
+    let loops = [
+        format!(
+            "{BIN} install --system --name twin --set PORT=8701 test-system; {BIN} uninstall twin"
+        ),
+        format!(
+            "{BIN} install --system --name twin --set PORT=8701 test-system; {BIN} uninstall twin"
+        ),
+        format!("{BIN} containers update --set RECEIVER=r$i --probation 0 shared"),
+        format!("{BIN} containers update --set RECEIVER=s$i --probation 0 shared"),
+        format!("{BIN} pull test-system-update; {BIN} images delete --force test-system-update"),
+        format!("{BIN} pull test-system-update"),
+        format!("{BIN} images prune"),
+        format!("{BIN} containers list --all --json >/dev/null"),
+    ];
+    let mut script = String::from("mkdir -p /srv/conc && cd /srv/conc\n");
+    for (n, body) in loops.iter().enumerate() {
+        script.push_str(&format!(
+            "( end=$(( $(date +%s) + {secs} )); i=0; while [ $(date +%s) -lt $end ]; do i=$((i+1)); \
+             {{ {body}; }} >> out-{n} 2>> err-{n} || echo \"exit $? in round $i\" >> fail-{n}; done ) &\n"
+        ));
+    }
+    script.push_str("wait\n");
+    w.tb.sh_ok(&script);
+    eprintln!(
+        "commands that succeeded / failed: {} / {}",
+        w.tb.sh_ok("cat /srv/conc/out-* | grep -c -e Installed -e Uninstalled -e Updated -e Pulled -e 'up to date' -e 'Latest version' -e Deleted -e Removed || true").trim(),
+        w.tb.sh_ok("cat /srv/conc/fail-* 2>/dev/null | wc -l").trim()
+    );
+    // Nothing panicked; every failure said why on its error line.
+    let errs = w.tb.sh_ok("cat /srv/conc/err-* 2>/dev/null || true");
+    assert!(!errs.contains("panicked"), "{errs}");
+    let failures =
+        w.tb.sh_ok("cat /srv/conc/fail-* 2>/dev/null | wc -l")
+            .trim()
+            .parse::<usize>()
+            .unwrap();
+    let error_lines = errs.lines().filter(|l| l.starts_with("error:")).count();
+    assert!(
+        error_lines >= failures,
+        "{failures} failures but {error_lines} error lines:\n{errs}"
+    );
+    for l in errs.lines().filter(|l| l.starts_with("error:")) {
+        assert!(
+            l.len() > "error: ".len() + 10,
+            "an error without a reason: {l}"
+        );
+    }
+    // The store is whole and every image verifies.
+    let images = w.ok(&["-q", "images", "list", "--no-trunc"]);
+    for id in images.lines().filter(|l| !l.trim().is_empty()) {
+        w.ok(&["images", "verify", id.trim()]);
+    }
+    // Each container agrees with its files; the one that was updated runs.
+    let list: serde_json::Value =
+        serde_json::from_str(&w.ok(&["containers", "list", "--all", "--json"])).unwrap();
+    for c in list.as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        w.agrees(name);
+    }
+    assert!(w
+        .systemctl("is-active shared.service")
+        .starts_with("active"));
+    let _ = w.run(&["uninstall", "twin"]);
+    w.ok(&["uninstall", "shared"]);
+}
