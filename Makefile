@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint unit demo bench deb clean
+.PHONY: all deps build release test lint unit demo bench deb fuzz clean
 
 all: build
 
@@ -20,12 +20,19 @@ release: deps
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints,fuzzing -- -D warnings
 
 # Unit tests, then the integration tests (real registry, real skopeo, real systemd and
 # runc in a private namespace). Tests that need root fail loudly without it.
+# Then each fuzz target for a short bounded time (FUZZ_SECONDS).
+FUZZ_SECONDS ?= 15
 test: deps lint
 	$(CARGO) test --all-targets --features failpoints -- --test-threads=2
+	./fuzz/run.sh $(FUZZ_SECONDS)
+
+# The fuzz targets for longer: make fuzz FUZZ_SECONDS=600
+fuzz: deps
+	./fuzz/run.sh $(FUZZ_SECONDS)
 
 demo: release
 	./demo/demo.sh

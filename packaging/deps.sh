@@ -10,7 +10,7 @@ packages=(
     ostree skopeo runc systemd dbus
     # tests and demo
     docker-registry busybox-static uidmap ca-certificates util-linux iproute2 procps
-    gcc libc6-dev python3 etcd-server etcd-client
+    gcc g++ libc6-dev python3 etcd-server etcd-client
     # packaging (dpkg-shlibdeps, strip) and its test (man)
     dpkg-dev man-db
     "$@"

@@ -14,6 +14,8 @@ pub(crate) mod doctor;
 pub(crate) mod dollar;
 pub mod failpoint;
 pub(crate) mod fsutil;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod hostfs;
 pub(crate) mod imagebuild;
 pub(crate) mod images;

@@ -390,7 +390,8 @@ fn hostile_names_values_and_exports_are_refused() {
     let writable = CONFIG.replace("\"readonly\": true", "\"readonly\": false");
     let elsewhere = CONFIG.replace("\"path\": \"rootfs\"", "\"path\": \"/\"");
     let terminal = CONFIG.replace("\"terminal\": false", "\"terminal\": true");
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<Entry>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<Entry>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "manifest-not-json",
             vec![
