@@ -542,6 +542,27 @@ fn alias_layer(store: &Store, other: &str, desc: &Descriptor, diff_id: &str) -> 
     })
 }
 
+/// How often a layer is fetched before its pull fails.
+const LAYER_ATTEMPTS: usize = 3;
+
+/// Whether fetching a layer again may help: a connection that broke, a server error or
+/// bytes damaged on the way. Not for what the content itself says (a hostile entry, a
+/// layer that is not what the config claims) nor for a registry that stalled (that
+/// already waited its full timeout).
+fn worth_retrying(e: &anyhow::Error) -> bool {
+    let m = format!("{e:#}");
+    ![
+        "refusing",
+        "does not match the image config",
+        "no data from the registry",
+        "unsupported",
+        "device node",
+        "No space left",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
 /// Fetches the jobs with up to one worker per core, each with its own proxy and repo handle.
 fn fetch_layers(
     store: &Store,
@@ -577,7 +598,7 @@ fn fetch_layers(
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     let taken = first.lock().expect("not poisoned").take();
-                    let (mut proxy, img) = match taken {
+                    let (mut proxy, mut img) = match taken {
                         Some(p) => p,
                         None => {
                             let mut p = ImageProxy::new(&proxy_config(fetch, src))?;
@@ -599,9 +620,30 @@ fn fetch_layers(
                             let label = format!("#{} {}", job.index + 1, &short[..short.len().min(12)]);
                             output::blob_bar(m, label, job.desc.size)
                         });
-                        let res = in_transaction(&repo, || {
-                            import_layer(&mut proxy, img, &repo, &job, allow_devices, bar.clone())
-                        });
+                        let mut attempt = 1;
+                        let res = loop {
+                            let res = in_transaction(&repo, || {
+                                import_layer(&mut proxy, img, &repo, &job, allow_devices, bar.clone())
+                            });
+                            match res {
+                                Err(e) if attempt < LAYER_ATTEMPTS && worth_retrying(&e) => {
+                                    say(format!(
+                                        "Layer {} failed ({e:#}); trying again ({} of {LAYER_ATTEMPTS}).",
+                                        job.desc.digest,
+                                        attempt + 1
+                                    ));
+                                    std::thread::sleep(Duration::from_secs(attempt as u64));
+                                    attempt += 1;
+                                    // A fresh proxy: the old one may be in the middle of a blob.
+                                    proxy = ImageProxy::new(&proxy_config(fetch, src))?;
+                                    img = proxy.open_image(&src.skopeo_ref)?;
+                                    if let Some(bar) = &bar {
+                                        bar.reset();
+                                    }
+                                }
+                                other => break other,
+                            }
+                        };
                         if let Some(bar) = &bar {
                             bar.finish_and_clear();
                         }

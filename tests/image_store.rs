@@ -512,6 +512,41 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     let e = sc.fails(&["pull", &format!("oci:{}:1", layout.display())]);
     assert!(e.contains("lz4") || e.contains("unsupported"), "{e}");
     assert!(sc.refs().is_empty(), "{:?}", sc.refs());
+    // A manifest that lies about a layer's size (bigger, then smaller, than the blob).
+    for (case, delta) in [("size-bigger", 100i64), ("size-smaller", -100)] {
+        let layout = sc.dir.path().join(case);
+        let md = write_layout(
+            &layout,
+            "1",
+            &[tar_of(&[Entry::File("f".into(), vec![b'x'; 4096], 0o644)])],
+            Compression::None,
+            &[],
+        );
+        let mpath = layout
+            .join("blobs/sha256")
+            .join(md.trim_start_matches("sha256:"));
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        let size = m["layers"][0]["size"].as_i64().unwrap();
+        m["layers"][0]["size"] = serde_json::json!(size + delta);
+        let bytes = serde_json::to_vec(&m).unwrap();
+        let mhex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        std::fs::write(layout.join("blobs/sha256").join(&mhex), &bytes).unwrap();
+        let idx = std::fs::read_to_string(layout.join("index.json"))
+            .unwrap()
+            .replace(md.trim_start_matches("sha256:"), &mhex)
+            .replace(
+                &format!("\"size\":{}", std::fs::metadata(&mpath).unwrap().len()),
+                &format!("\"size\":{}", bytes.len()),
+            );
+        std::fs::write(layout.join("index.json"), idx).unwrap();
+        let e = sc.fails(&["pull", &format!("oci:{}:1", layout.display())]);
+        assert!(
+            e.contains("size") || e.contains("bytes") || e.contains("corrupt") || e.contains("EOF"),
+            "{case}: {e}"
+        );
+        assert!(sc.refs().is_empty(), "{case}: {:?}", sc.refs());
+    }
 }
 
 #[test]
@@ -559,6 +594,27 @@ fn registry_faults_fail_without_partial_images() {
             sc.refs()
         );
     }
+    // A blob damaged on the way once is fetched again, and the pull succeeds. (A
+    // connection that breaks mid-blob is resumed by skopeo itself.)
+    let proxy = FaultProxy::start(reg.addr(), Fault::CorruptFirstBlob);
+    let out = sc.ok(&[
+        "pull",
+        "--tls-verify=false",
+        &format!("docker://{}/f:1", proxy.addr()),
+    ]);
+    assert!(out.contains("trying again (2 of 3)"), "{out}");
+    sc.ok(&[
+        "images",
+        "verify",
+        &format!("docker://{}/f:1", proxy.addr()),
+    ]);
+    sc.ok(&[
+        "images",
+        "delete",
+        "--force",
+        &format!("docker://{}/f:1", proxy.addr()),
+    ]);
+    sc.ok(&["images", "prune"]);
     // A missing tag is a 404 from the registry.
     let e = sc.fails(&[
         "pull",

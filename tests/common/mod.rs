@@ -104,6 +104,9 @@ pub enum Fault {
     CorruptBlob,
     /// Advertise the full length, send less, close.
     TruncateBlob,
+    /// Flip bytes of the first layer blob only (damage on the way); serve later requests
+    /// as they are.
+    CorruptFirstBlob,
 }
 
 /// An HTTP/1.1 proxy on 127.0.0.1 in front of the registry, injecting one fault into layer
@@ -160,6 +163,7 @@ impl FaultProxy {
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let fired = Arc::new(AtomicBool::new(false));
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 let Ok((mut s, _)) = l.accept() else {
@@ -168,6 +172,7 @@ impl FaultProxy {
                 };
                 let upstream = upstream.clone();
                 let stop3 = stop2.clone();
+                let fired = fired.clone();
                 std::thread::spawn(move || {
                     let _ = s.set_nonblocking(false);
                     let Some((first, head)) = read_head(&mut s) else {
@@ -187,7 +192,10 @@ impl FaultProxy {
                     let is_blob = path.contains("/blobs/sha256:")
                         && first.starts_with("GET")
                         && body.len() > 1024;
-                    if !is_blob || fault == Fault::None {
+                    let once_done = is_blob
+                        && fault == Fault::CorruptFirstBlob
+                        && fired.swap(true, Ordering::SeqCst);
+                    if !is_blob || fault == Fault::None || once_done {
                         let _ = s.write_all(&headers);
                         let _ = s.write_all(&body);
                         return;
@@ -203,7 +211,7 @@ impl FaultProxy {
                                 std::thread::sleep(Duration::from_millis(100));
                             }
                         }
-                        Fault::CorruptBlob => {
+                        Fault::CorruptBlob | Fault::CorruptFirstBlob => {
                             let n = body.len();
                             for b in &mut body[n / 2..n / 2 + 64] {
                                 *b ^= 0x5a;
