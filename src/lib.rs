@@ -21,6 +21,7 @@ pub(crate) mod imagebuild;
 pub(crate) mod images;
 pub(crate) mod mount;
 pub(crate) mod output;
+pub(crate) mod policy;
 pub(crate) mod proxy;
 pub(crate) mod pull;
 pub(crate) mod reference;

@@ -52,6 +52,8 @@ pub(crate) struct PullResult {
 struct Source {
     skopeo_ref: String,
     tls_verify: Option<bool>,
+    /// The verified copy this source reads from, kept for the life of the pull.
+    _verified: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 fn sources(r: &ImageReference, fetch: &FetchOpts) -> Result<Vec<Source>> {
@@ -70,6 +72,7 @@ fn sources(r: &ImageReference, fetch: &FetchOpts) -> Result<Vec<Source>> {
                 .map(|c| Source {
                     skopeo_ref: format!("docker://{}", c.reference),
                     tls_verify: tls(c.insecure),
+                    _verified: None,
                 })
                 .collect()
         }
@@ -78,11 +81,13 @@ fn sources(r: &ImageReference, fetch: &FetchOpts) -> Result<Vec<Source>> {
             vec![Source {
                 skopeo_ref: r.to_skopeo(),
                 tls_verify: tls(conf.is_insecure(&r.rest)),
+                _verified: None,
             }]
         }
         _ => vec![Source {
             skopeo_ref: r.to_skopeo(),
             tls_verify: None,
+            _verified: None,
         }],
     })
 }
@@ -124,6 +129,62 @@ fn proxy_config(fetch: &FetchOpts, src: &Source) -> ProxyConfig {
         registries_conf: None,
         timeout: Duration::from_secs(fetch.timeout.max(1)),
     }
+}
+
+/// Copies a source the policy wants verified with `skopeo copy` (which enforces the policy)
+/// into a scratch directory next to the repository, and returns the source to read
+/// instead. A refusal is an error that quotes skopeo's reason; nothing reaches the store.
+fn verified_copy(store: &Store, fetch: &FetchOpts, src: &Source, digest: &str) -> Result<Source> {
+    let policy = crate::policy::policy_path();
+    output::status(format!(
+        "{} needs a verified signature ({}): checking it with skopeo copy.",
+        src.skopeo_ref,
+        policy.display()
+    ));
+    let tmp_parent = store.repo_path.join("tmp");
+    std::fs::create_dir_all(&tmp_parent)?;
+    let dir = tempfile::Builder::new()
+        .prefix("syscont-verified-")
+        .tempdir_in(&tmp_parent)
+        .with_context(|| format!("Creating a scratch directory in {}", tmp_parent.display()))?;
+    // Pin the digest the manifest had, so what is verified is what gets stored.
+    let pinned = match src.skopeo_ref.split_once('@') {
+        Some(_) => src.skopeo_ref.clone(),
+        None => {
+            let r = src.skopeo_ref.trim_start_matches("docker://");
+            let last = r.rfind('/').unwrap_or(0);
+            let repo = match r[last..].rfind(':') {
+                Some(i) => &r[..last + i],
+                None => r,
+            };
+            format!("docker://{repo}@{digest}")
+        }
+    };
+    let mut cmd = std::process::Command::new(crate::proxy::skopeo_path());
+    cmd.args(["copy", "-q"]);
+    if src.tls_verify == Some(false) {
+        cmd.arg("--src-tls-verify=false");
+    }
+    if let Some(a) = &fetch.authfile {
+        cmd.arg("--src-authfile").arg(a);
+    }
+    if let Some(a) = &fetch.arch {
+        cmd.arg("--override-arch").arg(a);
+    }
+    cmd.arg(&pinned)
+        .arg(format!("dir:{}", dir.path().display()));
+    crate::cmdutil::CommandExt::run_checked(&mut cmd).with_context(|| {
+        format!(
+            "{} is refused by the policy {} (its signature is missing, wrong or not trusted)",
+            src.skopeo_ref,
+            policy.display()
+        )
+    })?;
+    Ok(Source {
+        skopeo_ref: format!("dir:{}", dir.path().display()),
+        tls_verify: None,
+        _verified: Some(std::sync::Arc::new(dir)),
+    })
 }
 
 /// Opens the first source that works; the error lists every source tried.
@@ -382,6 +443,25 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
         }
     }
 
+    // The policy may want a signature: then read a verified copy instead (skopeo's proxy
+    // before protocol 0.2.6 does not check the policy itself).
+    let origin = src.skopeo_ref.clone();
+    let (mut proxy, img, src) = if crate::policy::needs_verification(&src.skopeo_ref)? {
+        let verified = verified_copy(store, fetch, &src, &digest)?;
+        let mut p = ImageProxy::new(&proxy_config(fetch, &verified))?;
+        let i = p.open_image(&verified.skopeo_ref)?;
+        let (d, _) = p.fetch_manifest(i)?;
+        if d != digest {
+            bail!(
+                "the verified copy of {} has the digest {d}, not {digest}",
+                src.skopeo_ref
+            );
+        }
+        (p, i, verified)
+    } else {
+        (proxy, img, src)
+    };
+
     // The config: its blob as stored at the source (digest-verified). When skopeo converted
     // the manifest (docker-archive, schema 2 sources) the converted config exists only as
     // skopeo's GetFullConfig.
@@ -466,13 +546,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
                     .ok_or_else(|| anyhow!("layer {} is missing after the pull", l.digest))
             })
             .collect::<Result<Vec<_>>>()?;
-        let commit = write_image_commit(
-            store,
-            &layer_commits,
-            &manifest_bytes,
-            &digest,
-            &src.skopeo_ref,
-        )?;
+        let commit = write_image_commit(store, &layer_commits, &manifest_bytes, &digest, &origin)?;
         crate::failpoint::hit("pull.before-image-ref");
         repo.transaction_set_ref(None, &reference::encode_ostree_ref(&name), Some(&commit));
         Ok(())

@@ -2409,3 +2409,88 @@ fn eight_processes_at_once() {
     let _ = w.run(&["uninstall", "twin"]);
     w.ok(&["uninstall", "shared"]);
 }
+
+/// containers-policy.json: images of a scope that needs signatures are verified (skopeo
+/// 1.9.3's proxy would not), and unsigned, wrongly signed or rejected ones are refused
+/// before anything is written.
+#[test]
+fn signature_policy_is_enforced() {
+    let w = World::new();
+    let reg = w.reg.addr();
+    // Two GPG keys: one trusted by the policy, one not. Images signed into the registry's
+    // lookaside signature store (registries.d).
+    let fpr = |uid: &str| {
+        w.tb.sh_ok(&format!(
+            "export GNUPGHOME=/root/.gnupg; gpg --batch --passphrase '' --quick-gen-key '{uid}' rsa2048 sign never 2>/dev/null; \
+             gpg --list-keys --with-colons '{uid}' | awk -F: '/^fpr/ {{print $10; exit}}'"
+        ))
+        .trim()
+        .to_string()
+    };
+    w.tb.sh_ok("mkdir -p /root/.gnupg && chmod 700 /root/.gnupg");
+    let trusted = fpr("syscont trusted <trusted@syscont.invalid>");
+    let other = fpr("syscont other <other@syscont.invalid>");
+    w.tb.sh_ok(&format!(
+        "export GNUPGHOME=/root/.gnupg; mkdir -p /etc/pki/syscont && gpg --export --armor {trusted} > /etc/pki/syscont/trusted.gpg && \
+         mkdir -p /etc/containers/registries.d /var/lib/sigstore && \
+         printf 'docker:\\n  {reg}:\\n    sigstore: file:///var/lib/sigstore\\n    sigstore-staging: file:///var/lib/sigstore\\n' > /etc/containers/registries.d/test.yaml && \
+         skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --sign-by {trusted} docker://{reg}/test-system:latest docker://{reg}/signed/app:1 && \
+         skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --sign-by {other} docker://{reg}/test-system:latest docker://{reg}/signed/wrong:1 && \
+         skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://{reg}/test-system:latest docker://{reg}/signed/none:1"
+    ));
+    w.write_inside(
+        "/etc/containers/policy.json",
+        &format!(
+            r#"{{"default": [{{"type": "insecureAcceptAnything"}}],
+                "transports": {{"docker": {{
+                    "{reg}/signed": [{{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/etc/pki/syscont/trusted.gpg"}}],
+                    "{reg}/test-runonce": [{{"type": "reject"}}]}}}}}}"#
+        ),
+    );
+    let repo_refs = || {
+        w.tb.sh_ok(&format!(
+            "ostree refs --repo={CHECKOUT}/.storage/ostree 2>/dev/null || true"
+        ))
+    };
+    // Signed by the trusted key: verified, then stored.
+    let out = w.ok(&["pull", &format!("docker://{reg}/signed/app:1")]);
+    assert!(out.contains("needs a verified signature"), "{out}");
+    w.ok(&[
+        "install",
+        "--system",
+        "--name",
+        "signedapp",
+        "--set",
+        "PORT=8800",
+        &format!("docker://{reg}/signed/app:1"),
+    ]);
+    w.ok(&["uninstall", "signedapp"]);
+    // Wrongly signed, unsigned, rejected: refused, and the store does not change.
+    let before = repo_refs();
+    for (image, why) in [
+        (
+            format!("docker://{reg}/signed/wrong:1"),
+            "refused by the policy",
+        ),
+        (
+            format!("docker://{reg}/signed/none:1"),
+            "refused by the policy",
+        ),
+        (
+            format!("docker://{reg}/test-runonce:latest"),
+            "refused by the policy",
+        ),
+    ] {
+        let e = w.fails(&["pull", &image]);
+        assert!(e.contains(why), "{image}: {e}");
+        let e = w.fails(&["install", "--system", "--name", "refused", &image]);
+        assert!(e.contains(why), "{image}: {e}");
+        assert!(
+            !w.exists("/etc/systemd/system/refused.service")
+                && !w.exists(&format!("{CHECKOUT}/refused.0"))
+        );
+    }
+    assert_eq!(repo_refs(), before, "a refused image changed the store");
+    // Images the policy does not cover pull as before.
+    w.ok(&["pull", "test-system-update"]);
+}
