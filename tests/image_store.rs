@@ -756,6 +756,11 @@ fn a_full_disk_is_a_clear_error_and_prune_reclaims() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&refs.stdout).contains("big_3A1"));
+    let used = || {
+        let st = rustix::fs::statvfs(&mnt).unwrap();
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    };
+    let after_failure = used();
     let out = sc
         .cmd()
         .env("SYSCONT_OSTREE_REPO", mnt.join("repo"))
@@ -768,6 +773,57 @@ fn a_full_disk_is_a_clear_error_and_prune_reclaims() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The failed pull gave its space back (its transaction was aborted), and prune keeps
+    // it that way.
+    assert!(
+        after_failure < 512 * 1024,
+        "the failed pull left {after_failure} bytes"
+    );
+    assert!(used() <= after_failure, "prune left {} bytes", used());
+
+    // An install that runs out of space: a clear error, and no deployment left behind.
+    let small = sc.dir.path().join("small-image");
+    let entries: Vec<Entry> = (0..200)
+        .map(|i| Entry::file(&format!("d{i}/f"), "x"))
+        .collect();
+    write_layout(&small, "1", &[tar_of(&entries)], Compression::Gzip, &[]);
+    let run = |args: &[&str]| {
+        sc.cmd()
+            .env("SYSCONT_OSTREE_REPO", mnt.join("repo"))
+            .env("SYSCONT_CHECKOUT_PATH", mnt.join("co"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["pull", &format!("oci:{}:1", small.display())])
+        .status
+        .success());
+    // Fill what is left.
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", mnt.join("filler").display()),
+            "bs=64k",
+        ])
+        .output();
+    let out = run(&["install", "--system", "--name", "full", "small-image:1"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && (e.contains("space") || e.contains("No space")),
+        "{e}"
+    );
+    let left: Vec<String> = std::fs::read_dir(mnt.join("co"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|f| !f.contains("full")),
+        "left behind: {left:?}"
+    );
+    assert!(!Path::new("/etc/systemd/system/full.service").exists());
 }
 
 #[test]
