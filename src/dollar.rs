@@ -124,6 +124,56 @@ pub(crate) fn substitute(
     Ok(out)
 }
 
+/// Like [`substitute`], for JSON templates: a value that stands inside a JSON string of
+/// the template is JSON-escaped, so it stays that string whatever it holds (a quote in a
+/// `--set` value cannot add keys, mounts or capabilities). Values outside strings are
+/// spliced as they are, as Atomic did (`[${ALL_PROCESS_CAPABILITIES}]`, `$ADDTL_MOUNTS`).
+pub(crate) fn substitute_json(
+    template: &str,
+    what: &str,
+    values: &BTreeMap<String, String>,
+) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let (mut in_string, mut backslash) = (false, false);
+    for p in parse(template) {
+        match p {
+            Piece::Text(s) => {
+                // Where the template's own text opens and closes JSON strings.
+                for c in s.chars() {
+                    if backslash {
+                        backslash = false;
+                    } else if in_string && c == '\\' {
+                        backslash = true;
+                    } else if c == '"' {
+                        in_string = !in_string;
+                    }
+                }
+                out.push_str(s);
+            }
+            Piece::Dollar => out.push('$'),
+            Piece::Var(v) => match values.get(v) {
+                Some(val) if in_string => {
+                    let json = serde_json::to_string(val).expect("a string serializes");
+                    out.push_str(&json[1..json.len() - 1]);
+                }
+                Some(val) => out.push_str(val),
+                None => {
+                    return Err(TemplateError::Unreplaced {
+                        file: what.to_string(),
+                        var: v.to_string(),
+                    }
+                    .into())
+                }
+            },
+            Piece::Invalid(at) => {
+                let (line, col) = position(template, at);
+                return Err(TemplateError::InvalidPlaceholder { line, col }.into());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The distinct variables a template uses, in order of first use (`$$` and invalid
 /// placeholders are not variables).
 pub(crate) fn variables(template: &str) -> Vec<String> {
@@ -147,6 +197,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn json_strings_keep_their_values_in() {
+        let mut v = BTreeMap::new();
+        v.insert(
+            "R".to_string(),
+            r#"x"], "mounts": [{"source": "/"}], "y": ["\"#.to_string(),
+        );
+        v.insert("CAPS".to_string(), "\"CAP_A\",\n\"CAP_B\"".to_string());
+        v.insert("N".to_string(), "0".to_string());
+        let t = r#"{"env": ["R=$R", "ESC=\"$R\""], "caps": [$CAPS], "uid": $N, "m": []}"#;
+        let out = substitute_json(t, "config.json.template", &v).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["env"][0].as_str().unwrap(), format!("R={}", v["R"]));
+        assert_eq!(j["env"].as_array().unwrap().len(), 2);
+        assert!(j.get("mounts").is_none() && j.get("y").is_none());
+        assert_eq!(j["caps"], serde_json::json!(["CAP_A", "CAP_B"]));
+        assert_eq!(j["uid"], 0);
+        // Outside JSON strings nothing changes, and errors are the same as Atomic's.
+        assert_eq!(substitute_json("$$ $N", "x", &v).unwrap(), "$ 0");
+        let e = substitute_json("\"$NOPE\"", "f", &v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("''NOPE''"), "{e}");
     }
 
     #[test]

@@ -241,7 +241,11 @@ pub(crate) fn render(
             if line_based {
                 check_line_safe(&crate::dollar::variables(text), values, what)?;
             }
-            crate::dollar::substitute(text, what, &values.values)
+            if what.ends_with("config.json.template") {
+                crate::dollar::substitute_json(text, what, &values.values)
+            } else {
+                crate::dollar::substitute(text, what, &values.values)
+            }
         }
         Engine::Tera => {
             if line_based {

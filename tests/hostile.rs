@@ -496,3 +496,75 @@ fn hostile_names_values_and_exports_are_refused() {
     }
     assert!(!Path::new("/evil").exists() && !Path::new("/etc/x").exists());
 }
+
+/// A value that stands inside a JSON string of config.json.template stays that string:
+/// it cannot add mounts, keys or capabilities the operator did not ask for. (Values outside
+/// strings are spliced as Atomic spliced them, e.g. `$ADDTL_MOUNTS`.)
+#[test]
+fn values_cannot_add_structure_to_config_json() {
+    require_root();
+    let sc = Syscont::new();
+    let tmpl = r#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/usr/bin/run.sh"], "env": ["R=$RECEIVER"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}, "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}$ADDTL_MOUNTS], "linux": {"namespaces": [{"type": "mount"}]}}"#;
+    let image = exports_image(
+        &sc,
+        "inject",
+        &[
+            ("config.json.template", tmpl),
+            (
+                "manifest.json",
+                r#"{"version": "1.0", "defaultValues": {"RECEIVER": "World", "ADDTL_MOUNTS": ""}}"#,
+            ),
+        ],
+        &[],
+    );
+    let evil = r#"x"], "cwd": "/"}, "mounts": [{"destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]}], "y": {"z": ["a"#;
+    let config_of = |out: &str| -> serde_json::Value {
+        let mut lines = out
+            .lines()
+            .skip_while(|l| l.trim() != "config.json:")
+            .skip(1);
+        let mut text = String::new();
+        for l in lines.by_ref() {
+            match l.trim_start().strip_prefix("+ ") {
+                Some(rest) => {
+                    text.push_str(rest);
+                    text.push('\n');
+                }
+                None if l.trim() == "+" => text.push('\n'),
+                None => break,
+            }
+        }
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let out = sc.ok(&[
+        "install",
+        "--system",
+        "--dry-run",
+        "--name",
+        "inj",
+        "--set",
+        &format!("RECEIVER={evil}"),
+        &image,
+    ]);
+    let c = config_of(&out);
+    assert_eq!(
+        c["process"]["env"][0].as_str().unwrap(),
+        format!("R={evil}")
+    );
+    assert_eq!(c["mounts"].as_array().unwrap().len(), 1, "{c}");
+    assert!(c.get("y").is_none());
+    // What the operator asks for outside strings still works (Atomic's $ADDTL_MOUNTS).
+    let extra = r#", {"destination": "/srv", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]}"#;
+    let out = sc.ok(&[
+        "install",
+        "--system",
+        "--dry-run",
+        "--name",
+        "inj",
+        "--set",
+        &format!("ADDTL_MOUNTS={extra}"),
+        &image,
+    ]);
+    assert_eq!(config_of(&out)["mounts"][1]["destination"], "/srv");
+    assert!(!sc.checkouts().join("inj.0").exists());
+}
