@@ -161,15 +161,16 @@ fn verified_copy(store: &Store, fetch: &FetchOpts, src: &Source, digest: &str) -
         }
     };
     let mut cmd = std::process::Command::new(crate::proxy::skopeo_path());
+    // A global option: before the command.
+    if let Some(a) = &fetch.arch {
+        cmd.arg("--override-arch").arg(a);
+    }
     cmd.args(["copy", "-q"]);
     if src.tls_verify == Some(false) {
         cmd.arg("--src-tls-verify=false");
     }
     if let Some(a) = &fetch.authfile {
         cmd.arg("--src-authfile").arg(a);
-    }
-    if let Some(a) = &fetch.arch {
-        cmd.arg("--override-arch").arg(a);
     }
     cmd.arg(&pinned)
         .arg(format!("dir:{}", dir.path().display()));
