@@ -113,12 +113,23 @@ def main():
       "figures are noisy: compare medians and keep the min-max range in view.\n")
 
     try:
-        busy = max(float(machine[k].split()[0]) for k in ("load_before", "load_after"))
-        if busy > 0.5 * int(machine.get("nproc", "1")):
-            w(f"**Other work ran on the machine during this run** (1-minute load average up to "
-              f"{busy:.1f} on {machine.get('nproc')} CPUs, from before the benchmark started): "
-              "the times below, and the ratios between tools that ran minutes apart, carry that "
-              "noise. Re-run `make bench` on a quiet machine before drawing conclusions.\n")
+        if "busy_before" in machine:
+            # CPU used by anything while the benchmark was idle, at its start and its end.
+            busy = max(int(machine[k]) for k in ("busy_before", "busy_after") if k in machine)
+            if busy > 20:
+                w(f"**Other work ran on the machine during this run**: it used {busy}% of the CPU "
+                  "while the benchmark was idle. The times below, and the ratios between tools "
+                  "that ran minutes apart, carry that noise. Re-run `make bench` on a quiet "
+                  "machine before drawing conclusions.\n")
+            else:
+                w(f"The machine was quiet: other work used {busy}% of the CPU while the benchmark "
+                  "was idle, at its start and its end.\n")
+        else:
+            busy = max(float(machine[k].split()[0]) for k in ("load_before", "load_after"))
+            if busy > 0.5 * int(machine.get("nproc", "1")):
+                w(f"**Other work may have run on the machine during this run** (1-minute load "
+                  f"average up to {busy:.1f} on {machine.get('nproc')} CPUs): the times below "
+                  "carry that noise.\n")
     except (KeyError, ValueError):
         pass
 

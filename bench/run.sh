@@ -68,8 +68,10 @@ printf 'RUNS\t%s\nRUNS_BIG\t%s\nRSS_RUNS\t%s\nBIG\t%s\n' "$RUNS" "$RUNS_BIG" "$R
 deleted=$(empty_trash "$WORK")
 log "deleted $deleted entries left by an earlier run"
 settle
-# The load when timing starts (after the settle wait, so a build just before does not count).
+# Other work on the machine when timing starts (after the settle wait, so a build just
+# before does not count), and again at the end.
 printf 'load_before\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RESULTS/machine.tsv"
+printf 'busy_before\t%s\n' "$(cpu_busy 5)" >> "$RESULTS/machine.tsv"
 
 # --- timed scenarios -----------------------------------------------------------------
 printf 'scenario\ttool\timage\truns\tmedian\tmin\tmax\tmean\tuser\tsystem\n' > "$RESULTS/times.tsv"
@@ -173,6 +175,7 @@ if want rss; then
 fi
 
 printf 'load_after\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RESULTS/machine.tsv"
+printf 'busy_after\t%s\n' "$(cpu_busy 5)" >> "$RESULTS/machine.tsv"
 printf 'duration_s\t%s\n' "$(( $(date +%s) - started ))" >> "$RESULTS/settings.tsv"
 
 # --- report, then clean up (nothing is timed any more) ----------------------------------

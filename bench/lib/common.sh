@@ -53,3 +53,17 @@ settle() {
     log "waiting ${secs}s for ext4 to settle after deleting files"
     sleep "$secs"
 }
+
+# Percent of all CPU time that anything used during SECS seconds (default 5), measured
+# while the benchmark itself is idle: other work on the machine.
+cpu_busy() {
+    local secs=${1:-5} a b
+    read -r -a a < /proc/stat
+    sleep "$secs"
+    read -r -a b < /proc/stat
+    local total=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
+    [ "$total" -gt 0 ] || { echo 0; return; }
+    echo $(( 100 * (total - idle) / total ))
+}
