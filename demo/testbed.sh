@@ -22,6 +22,9 @@ mount --rbind /dev "$R/merged/dev"
 mkdir -p "$R/merged/.oldroot"
 # Only the distribution's units boot: services this machine enabled stay off.
 rm -rf "$R"/merged/etc/systemd/system/*.wants "$R"/merged/etc/systemd/system/*.requires
+# skopeo's blob-info cache is a database the machine's own skopeo keeps writing; a copy
+# taken up from under it could be torn. The testbed starts its own.
+rm -rf "$R"/merged/var/lib/containers/cache
 cd "$R/merged"
 pivot_root . .oldroot
 exec /lib/systemd/systemd --system --unit=multi-user.target </dev/null >/dev/null 2>&1
