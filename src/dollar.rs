@@ -100,28 +100,7 @@ pub(crate) fn substitute(
     what: &str,
     values: &BTreeMap<String, String>,
 ) -> anyhow::Result<String> {
-    let mut out = String::with_capacity(template.len());
-    for p in parse(template) {
-        match p {
-            Piece::Text(s) => out.push_str(s),
-            Piece::Dollar => out.push('$'),
-            Piece::Var(v) => match values.get(v) {
-                Some(val) => out.push_str(val),
-                None => {
-                    return Err(TemplateError::Unreplaced {
-                        file: what.to_string(),
-                        var: v.to_string(),
-                    }
-                    .into())
-                }
-            },
-            Piece::Invalid(at) => {
-                let (line, col) = position(template, at);
-                return Err(TemplateError::InvalidPlaceholder { line, col }.into());
-            }
-        }
-    }
-    Ok(out)
+    render(template, what, values, false)
 }
 
 /// Like [`substitute`], for JSON templates: a value that stands inside a JSON string of
@@ -133,13 +112,23 @@ pub(crate) fn substitute_json(
     what: &str,
     values: &BTreeMap<String, String>,
 ) -> anyhow::Result<String> {
+    render(template, what, values, true)
+}
+
+/// One pass over the template; with `json`, values inside JSON strings are escaped.
+fn render(
+    template: &str,
+    what: &str,
+    values: &BTreeMap<String, String>,
+    json: bool,
+) -> anyhow::Result<String> {
     let mut out = String::with_capacity(template.len());
     let (mut in_string, mut backslash) = (false, false);
     for p in parse(template) {
         match p {
             Piece::Text(s) => {
                 // Where the template's own text opens and closes JSON strings.
-                for c in s.chars() {
+                for c in s.chars().filter(|_| json) {
                     if backslash {
                         backslash = false;
                     } else if in_string && c == '\\' {
@@ -153,8 +142,8 @@ pub(crate) fn substitute_json(
             Piece::Dollar => out.push('$'),
             Piece::Var(v) => match values.get(v) {
                 Some(val) if in_string => {
-                    let json = serde_json::to_string(val).expect("a string serializes");
-                    out.push_str(&json[1..json.len() - 1]);
+                    let escaped = serde_json::to_string(val).expect("a string serializes");
+                    out.push_str(&escaped[1..escaped.len() - 1]);
                 }
                 Some(val) => out.push_str(val),
                 None => {
