@@ -85,28 +85,6 @@ pub(crate) struct Info {
     pub syscont: SyscontInfo,
 }
 
-/// Values syscont (and Atomic) compute for every deployment; they are never "set" values.
-const COMPUTED_VALUES: &[&str] = &[
-    "NAME",
-    "DESTDIR",
-    "EXEC_START",
-    "EXEC_STOP",
-    "EXEC_STARTPRE",
-    "EXEC_STOPPOST",
-    "HOST_UID",
-    "HOST_GID",
-    "IMAGE_NAME",
-    "IMAGE_ID",
-    "RUNTIME",
-    "ATOMIC",
-    "RUN_DIRECTORY",
-    "STATE_DIRECTORY",
-    "CONF_DIRECTORY",
-    "UUID",
-    "PIDFILE",
-    "ALL_PROCESS_CAPABILITIES",
-];
-
 impl Info {
     /// Whether Atomic wrote this file (it has none of syscont's own fields).
     pub(crate) fn written_by_atomic(&self) -> bool {
@@ -122,7 +100,12 @@ impl Info {
         }
         self.values
             .iter()
-            .filter(|(k, _)| !COMPUTED_VALUES.contains(&k.as_str()))
+            .filter(|(k, _)| {
+                // Values syscont (and Atomic) compute for every deployment are never "set".
+                let k = k.as_str();
+                !crate::templates::FORCED_VALUES.contains(&k)
+                    && !crate::templates::OS_VALUES.contains(&k)
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }

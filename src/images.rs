@@ -561,28 +561,7 @@ fn template_variables(
     store: &Store,
     img: &ImageRecord,
 ) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
-    const FORCED: &[&str] = &[
-        "DESTDIR",
-        "NAME",
-        "EXEC_START",
-        "EXEC_STOP",
-        "EXEC_STARTPRE",
-        "EXEC_STOPPOST",
-        "HOST_UID",
-        "HOST_GID",
-        "IMAGE_NAME",
-        "IMAGE_ID",
-        "RUNTIME",
-        "ATOMIC",
-    ];
-    const SET_BY_OS: &[&str] = &[
-        "RUN_DIRECTORY",
-        "STATE_DIRECTORY",
-        "CONF_DIRECTORY",
-        "UUID",
-        "PIDFILE",
-        "ALL_PROCESS_CAPABILITIES",
-    ];
+    use crate::templates::{FORCED_VALUES as FORCED, OS_VALUES as SET_BY_OS};
     let mut with_default: BTreeMap<String, String> = BTreeMap::new();
     if let Some(m) = store.read_file(&img.commit, "rootfs/exports/manifest.json")? {
         let v: serde_json::Value = serde_json::from_slice(&m)

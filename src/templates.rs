@@ -102,6 +102,33 @@ pub(crate) struct ValueInputs<'a> {
     pub self_path: &'a str,
 }
 
+/// Values computed for every deployment that `images info` lists as not overridable
+/// (as Atomic's did).
+pub(crate) const FORCED_VALUES: &[&str] = &[
+    "DESTDIR",
+    "NAME",
+    "EXEC_START",
+    "EXEC_STOP",
+    "EXEC_STARTPRE",
+    "EXEC_STOPPOST",
+    "HOST_UID",
+    "HOST_GID",
+    "IMAGE_NAME",
+    "IMAGE_ID",
+    "RUNTIME",
+    "ATOMIC",
+];
+
+/// Values the OS provides that `--set` may override (`{SET_BY_OS}` in `images info`).
+pub(crate) const OS_VALUES: &[&str] = &[
+    "RUN_DIRECTORY",
+    "STATE_DIRECTORY",
+    "CONF_DIRECTORY",
+    "UUID",
+    "PIDFILE",
+    "ALL_PROCESS_CAPABILITIES",
+];
+
 /// Computes all template values.
 pub(crate) fn compute_values(i: &ValueInputs<'_>) -> BTreeMap<String, String> {
     let mut v = i.set.clone();
