@@ -19,6 +19,7 @@ use crate::cli::FetchOpts;
 use crate::container::{self, InstallOpts, PreviewInputs, UpdateOpts};
 use crate::deploy::{self, Deployments};
 use crate::output;
+use crate::output::outln;
 use crate::store::{ImageRecord, Store, StoreConfig};
 use crate::systemd::{self, Systemd};
 
@@ -365,19 +366,39 @@ fn unit_edges(unit_text: &str) -> (Vec<String>, Vec<String>) {
     (after, before)
 }
 
-/// The unit text that orders a container: the installed unit, else the image's template.
-fn unit_text(store: &Store, name: &str, img: Option<&ImageRecord>) -> String {
-    if let Ok(t) = std::fs::read_to_string(container::unit_path(name)) {
-        return t;
+/// The unit text that orders a container: the unit as an install or update from the host
+/// file would render it (manifest defaults, the file's values, the OS values), else the
+/// installed unit. A unit that cannot be rendered (the step will fail and say why) orders
+/// by its template's literal names.
+fn unit_text(store: Option<&Store>, step: &Step, default_runtime: Option<&PathBuf>) -> String {
+    let name = &step.want.spec.name;
+    if let (Some(store), Some(img)) = (store, &step.image) {
+        let runtime = step
+            .want
+            .spec
+            .runtime
+            .clone()
+            .or(default_runtime.cloned())
+            .unwrap_or_else(crate::runtime::default_runtime);
+        match container::unit_from_store(
+            store,
+            img,
+            name,
+            &step.want.set,
+            &step.want.set_json,
+            &runtime,
+        ) {
+            Ok(Some(unit)) => return unit,
+            Ok(None) => return String::new(),
+            Err(e) => {
+                tracing::debug!("ordering {name} by its unrendered unit: {e:#}");
+                if let Ok(Some(t)) = store.read_image_file(img, "/exports/service.template") {
+                    return String::from_utf8_lossy(&t).into_owned();
+                }
+            }
+        }
     }
-    img.and_then(|i| {
-        store
-            .read_file(&i.commit, "rootfs/exports/service.template")
-            .ok()
-            .flatten()
-    })
-    .map(|b| String::from_utf8_lossy(&b).into_owned())
-    .unwrap_or_default()
+    std::fs::read_to_string(container::unit_path(name)).unwrap_or_default()
 }
 
 /// Orders the steps so that a container comes after the ones its unit needs. Stable: the
@@ -469,11 +490,11 @@ fn diff(old: &str, new: &str) -> String {
 fn print_file_change(label: &str, old: Option<&str>, new: Option<&str>) {
     match (old, new) {
         (None, None) => {}
-        (Some(o), Some(n)) if o == n => println!("    {label}: unchanged"),
+        (Some(o), Some(n)) if o == n => outln!("    {label}: unchanged"),
         (o, n) => {
-            println!("    {label}:");
+            outln!("    {label}:");
             for l in diff(o.unwrap_or(""), n.unwrap_or("")).lines() {
-                println!("      {l}");
+                outln!("      {l}");
             }
         }
     }
@@ -481,9 +502,13 @@ fn print_file_change(label: &str, old: Option<&str>, new: Option<&str>) {
 
 /// Prints what a step would write: unit, config.json and tmpfiles as diffs against what is
 /// there, and the host files it would write or remove.
-fn print_preview(store: &Store, step: &Step, default_runtime: Option<&PathBuf>) -> Result<()> {
-    let Some(img) = &step.image else {
-        println!("    (the image is not in the store yet: its files are shown once it is pulled)");
+fn print_preview(
+    store: Option<&Store>,
+    step: &Step,
+    default_runtime: Option<&PathBuf>,
+) -> Result<()> {
+    let (Some(store), Some(img)) = (store, &step.image) else {
+        outln!("    (the image is not in the store yet: its files are shown once it is pulled)");
         return Ok(());
     };
     let p = container::preview(
@@ -498,7 +523,7 @@ fn print_preview(store: &Store, step: &Step, default_runtime: Option<&PathBuf>) 
     )?;
     let (unit, config, tmpfiles) =
         container::current_files(&store.checkout_path, &step.want.spec.name);
-    println!("    into {}", p.slot_dir.display());
+    outln!("    into {}", p.slot_dir.display());
     print_file_change(
         &container::unit_path(&step.want.spec.name)
             .display()
@@ -522,10 +547,10 @@ fn print_preview(store: &Store, step: &Step, default_runtime: Option<&PathBuf>) 
     );
     for (path, what) in &p.host_files {
         let first = what.lines().next().unwrap_or("");
-        println!("    host file {path}: write ({first})");
+        outln!("    host file {path}: write ({first})");
     }
     for path in &p.removed_host_files {
-        println!("    host file {path}: remove (unless changed by hand)");
+        outln!("    host file {path}: remove (unless changed by hand)");
     }
     Ok(())
 }
@@ -596,7 +621,7 @@ pub(crate) fn install_dry_run(cfg: &StoreConfig, i: &InstallOpts) -> Result<()> 
     };
     let deps = Deployments::new(&cfg.checkout_path);
     if deps.is_installed(&name) {
-        println!("{name} already present: install would change nothing.");
+        outln!("{name} already present: install would change nothing.");
         return Ok(());
     }
     run_plan(cfg, &Defaults::default(), vec![w], true)
@@ -608,7 +633,12 @@ fn run_plan(
     wanted: Vec<Wanted>,
     dry_run: bool,
 ) -> Result<()> {
-    let store = Store::open(cfg)?;
+    // A plan only reads: it never creates a store.
+    let store = if dry_run {
+        Store::open_existing(cfg)?
+    } else {
+        Some(Store::open_or_create(cfg)?)
+    };
     let deps = Deployments::new(&cfg.checkout_path);
     let fetch = fetch_opts(defaults);
     // systemd is optional for a dry run (a plan can be made on an image-build host).
@@ -628,7 +658,11 @@ fn run_plan(
         let (image, note) = if w.spec.state == State::Absent {
             (None, None)
         } else {
-            match resolve_image(&store, &w, &fetch, dry_run) {
+            let resolved = match &store {
+                Some(store) => resolve_image(store, &w, &fetch, dry_run),
+                None => Ok((None, None)),
+            };
+            match resolved {
                 Ok(v) => v,
                 Err(e) => {
                     failed.push(format!("{} (line {}): {e:#}", w.spec.name, w.line));
@@ -653,22 +687,27 @@ fn run_plan(
     removals.reverse();
     let texts: Vec<String> = rest
         .iter()
-        .map(|s| unit_text(&store, &s.want.spec.name, s.image.as_ref()))
+        .map(|s| unit_text(store.as_ref(), s, defaults.runtime.as_ref()))
+        .collect();
+    let units: BTreeMap<String, String> = rest
+        .iter()
+        .zip(&texts)
+        .map(|(s, t)| (s.want.spec.name.clone(), t.clone()))
         .collect();
     let rest = order(rest, &texts)?;
     let plan: Vec<Step> = removals.into_iter().chain(rest).collect();
 
     let changes = plan.iter().filter(|s| s.action != Action::Keep).count();
     if dry_run {
-        println!("Plan ({} change(s)):", changes);
+        outln!("Plan ({} change(s)):", changes);
         for step in &plan {
-            println!("  {}", describe(step));
+            outln!("  {}", describe(step));
             if matches!(step.action, Action::Install | Action::Update(_)) {
-                print_preview(&store, step, defaults.runtime.as_ref())?;
+                print_preview(store.as_ref(), step, defaults.runtime.as_ref())?;
             }
         }
         for f in &failed {
-            println!("  cannot plan {f}");
+            outln!("  cannot plan {f}");
         }
         if !failed.is_empty() {
             bail!("{} container(s) cannot be planned", failed.len());
@@ -676,7 +715,7 @@ fn run_plan(
         return Ok(());
     }
     if changes == 0 && failed.is_empty() {
-        println!(
+        outln!(
             "Nothing to do: {} container(s) are as the host file says.",
             plan.len()
         );
@@ -690,7 +729,7 @@ fn run_plan(
     let mut broken: BTreeSet<String> = BTreeSet::new();
     for step in &plan {
         let name = &step.want.spec.name;
-        let needs: Vec<String> = unit_edges(&unit_text(&store, name, step.image.as_ref()))
+        let needs: Vec<String> = unit_edges(units.get(name).map(String::as_str).unwrap_or(""))
             .0
             .into_iter()
             .filter_map(|u| u.strip_suffix(".service").map(str::to_string))
@@ -718,7 +757,7 @@ fn run_plan(
             failed.join("\n  ")
         );
     }
-    println!("Applied: {changes} change(s).");
+    outln!("Applied: {changes} change(s).");
     Ok(())
 }
 

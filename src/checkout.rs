@@ -140,31 +140,53 @@ fn temp_name(dest: &Path) -> Result<PathBuf> {
     )))
 }
 
+/// Replaces a device node's placeholder file with the node. The parent directory is
+/// opened below `root` without following any symlink, so nothing is made through one.
 fn make_device(root: &Path, d: &DeviceNode) -> Result<()> {
-    use rustix::fs::{FileType, Mode};
-    let path = root.join(&d.path);
-    std::fs::remove_file(&path).with_context(|| format!("Replacing {}", path.display()))?;
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+    let rel = Path::new(&d.path);
+    let (parent, name) = match (rel.parent(), rel.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => bail!("invalid device node path {:?}", d.path),
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        .with_context(|| format!("Opening {}", root.display()))?;
+    let dir = rustix::fs::openat2(
+        &root_fd,
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )
+    .with_context(|| format!("Opening the directory of device node {}", d.path))?;
+    rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty())
+        .with_context(|| format!("Replacing {}", d.path))?;
     let ftype = match d.kind {
         'c' => FileType::CharacterDevice,
         'b' => FileType::BlockDevice,
         _ => FileType::Fifo,
     };
     rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &path,
+        &dir,
+        name,
         ftype,
         Mode::from_raw_mode(d.mode),
         rustix::fs::makedev(d.major, d.minor),
     )
-    .with_context(|| format!("Creating device node {}", path.display()))?;
+    .with_context(|| format!("Creating device node {}", d.path))?;
     rustix::fs::chownat(
-        rustix::fs::CWD,
-        &path,
+        &dir,
+        name,
         Some(rustix::process::Uid::from_raw(d.uid)),
         Some(rustix::process::Gid::from_raw(d.gid)),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
-    .with_context(|| format!("Setting the owner of {}", path.display()))?;
+    .with_context(|| format!("Setting the owner of {}", d.path))?;
     Ok(())
 }
 

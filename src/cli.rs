@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::output::outln;
 use crate::store::StoreConfig;
 
 /// syscont installs system containers: OCI images stored in OSTree, run by runc under systemd.
@@ -397,8 +398,24 @@ struct BuildOpts {
     authfile: Option<PathBuf>,
 }
 
+/// The program: parses the arguments, runs the command, prints an error as one line of
+/// context chain, and returns the exit code (see [`crate::error::exit_code`]).
+pub fn main() -> std::process::ExitCode {
+    init_logging();
+    let res = run(std::env::args_os());
+    match res {
+        // Output to a closed pipe ends as a Unix tool killed by SIGPIPE does.
+        Ok(()) if crate::output::stdout_closed() => std::process::ExitCode::from(141),
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(crate::error::exit_code(&e))
+        }
+    }
+}
+
 /// Sets up logging: warnings by default, `-v`/`RUST_LOG` for more.
-pub fn init_logging() {
+fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -544,7 +561,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 authfile: b.authfile,
             };
             let r = crate::imagebuild::build(&opts)?;
-            println!("{}", r.manifest_digest);
+            outln!("{}", r.manifest_digest);
             Ok(())
         }
     }

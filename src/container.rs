@@ -16,6 +16,8 @@ use crate::deploy::{self, Deployments, Info};
 use crate::fsutil;
 use crate::hostfs;
 use crate::output::{self, trunc};
+use crate::output::{out, outln};
+use crate::rootfs::RootFs;
 use crate::runtime::{self, ExecMode};
 use crate::store::{ImageRecord, Store, StoreConfig};
 use crate::systemd::Systemd;
@@ -112,13 +114,16 @@ fn yes() -> bool {
 }
 
 impl ExportsManifest {
-    fn read(exports: &Path) -> Result<ExportsManifest> {
-        let p = exports.join("manifest.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("Invalid manifest.json file in image: {}", p.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("Reading {}", p.display())),
+    /// Reads `/exports/manifest.json` of a rootfs (inside it only).
+    fn read(root: &RootFs) -> Result<ExportsManifest> {
+        match root.read("/exports/manifest.json")? {
+            Some(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "Invalid manifest.json file in image: {}/exports/manifest.json",
+                    root.path().display()
+                )
+            }),
+            None => Ok(Self::default()),
         }
     }
 
@@ -156,16 +161,9 @@ struct Rendered {
     info: Info,
 }
 
-/// Reads an exports file from the rootfs, if present.
-fn read_export(exports: &Path, name: &str) -> Result<Option<String>> {
-    let p = exports.join(name);
-    match std::fs::read(&p) {
-        Ok(b) => Ok(Some(
-            String::from_utf8(b).map_err(|_| anyhow!("{} is not UTF-8", p.display()))?,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("Reading {}", p.display())),
-    }
+/// Reads `/exports/NAME` from a rootfs (resolved inside it only), if present.
+fn read_export(root: &RootFs, name: &str) -> Result<Option<String>> {
+    root.read_string(&format!("/exports/{name}"))
 }
 
 /// Inputs that stay the same between the slots of one container.
@@ -180,25 +178,23 @@ struct Target<'a> {
     remote: Option<String>,
 }
 
-/// Renders config, unit, tmpfiles and the host-file plan for a slot whose rootfs exists.
-fn render_slot(
-    store: &Store,
-    t: &Target<'_>,
-    slot_dir: &Path,
-    final_dir: &Path,
-) -> Result<Rendered> {
-    let rootfs = slot_dir.join("rootfs");
-    let exports = rootfs.join("exports");
-    let manifest = ExportsManifest::read(&exports)?;
-    let engine = manifest.engine()?;
-    let service_tmpl = read_export(&exports, "service.template")?;
-    let tmpfiles_tmpl = read_export(&exports, "tmpfiles.template")?;
-    let mode = match &service_tmpl {
+/// The exec mode a service template asks for (pidfile mode without a template).
+fn exec_mode(service_tmpl: Option<&str>) -> ExecMode {
+    match service_tmpl {
         Some(s) if !runtime::template_wants_pidfile(&crate::dollar::variables(s)) => {
             ExecMode::Classic
         }
         _ => ExecMode::Pidfile,
-    };
+    }
+}
+
+/// Every template value of a deployment of `t` in `final_dir`.
+fn slot_values(
+    t: &Target<'_>,
+    manifest: &ExportsManifest,
+    mode: ExecMode,
+    final_dir: &Path,
+) -> RenderValues {
     let run_dir = t
         .set
         .get("RUN_DIRECTORY")
@@ -227,21 +223,109 @@ fn render_slot(
         uuid: t.uuid.as_deref(),
         self_path: &self_path,
     });
-    let rv = RenderValues {
-        values: values.clone(),
+    RenderValues {
+        values,
         json: t.set_json.clone(),
+        given: t.set.keys().cloned().collect(),
+    }
+}
+
+/// The unit and its drop-in, rendered from the image's `service.template` (or syscont's
+/// default unit).
+fn render_unit(
+    engine: Engine,
+    service_tmpl: Option<&str>,
+    mode: ExecMode,
+    rv: &RenderValues,
+) -> Result<(String, Option<String>)> {
+    let body = match service_tmpl {
+        Some(tmpl) => templates::render(engine, tmpl, "exports/service.template", rv, true)?,
+        None => templates::default_service(rv)?,
     };
-    let remote_root = t.remote.as_ref().map(|_| rootfs.display().to_string());
-    let _ = &remote_root;
+    // Pidfile mode detaches: without an explicit Type= systemd would lose track of the
+    // container, so a drop-in makes the unit Type=forking with the PID file.
+    let has_type = body.lines().any(|l| l.trim_start().starts_with("Type="));
+    let dropin = (mode == ExecMode::Pidfile && !has_type).then(|| {
+        format!(
+            "{UNIT_MARKER}\n[Service]\nType=forking\nPIDFile={}\n",
+            rv.values["PIDFILE"]
+        )
+    });
+    Ok((format!("{UNIT_MARKER}\n{body}"), dropin))
+}
+
+/// The unit a container would get from an image in the store, rendered as an install or
+/// update would render it, without a checkout (for ordering `apply`'s steps). `None` for
+/// an image with `noContainerService`.
+pub(crate) fn unit_from_store(
+    store: &Store,
+    img: &ImageRecord,
+    name: &str,
+    set: &BTreeMap<String, String>,
+    set_json: &BTreeMap<String, serde_json::Value>,
+    runtime: &Path,
+) -> Result<Option<String>> {
+    let read = |f: &str| -> Result<Option<String>> {
+        store
+            .read_image_file(img, &format!("/exports/{f}"))?
+            .map(|b| String::from_utf8(b).map_err(|_| anyhow!("/exports/{f} is not UTF-8")))
+            .transpose()
+    };
+    let manifest: ExportsManifest = match read("manifest.json")? {
+        Some(m) => serde_json::from_str(&m)
+            .with_context(|| format!("Invalid manifest.json file in image: {}", img.name))?,
+        None => ExportsManifest::default(),
+    };
+    if manifest.no_container_service {
+        return Ok(None);
+    }
+    let service_tmpl = read("service.template")?;
+    let mode = exec_mode(service_tmpl.as_deref());
+    let t = Target {
+        name,
+        img,
+        image_arg: &img.name,
+        runtime: runtime.to_path_buf(),
+        set: set.clone(),
+        set_json: set_json.clone(),
+        uuid: None,
+        remote: None,
+    };
+    let deps = Deployments::new(&store.checkout_path);
+    let rv = slot_values(&t, &manifest, mode, &deps.slot_dir(name, 0));
+    let (unit, _) = render_unit(manifest.engine()?, service_tmpl.as_deref(), mode, &rv)?;
+    Ok(Some(unit))
+}
+
+/// Renders config, unit, tmpfiles and the host-file plan for a slot whose rootfs exists.
+fn render_slot(
+    store: &Store,
+    t: &Target<'_>,
+    slot_dir: &Path,
+    final_dir: &Path,
+) -> Result<Rendered> {
+    let rootfs = slot_dir.join("rootfs");
+    let image = RootFs::open(&rootfs)?;
+    let manifest = ExportsManifest::read(&image)?;
+    let engine = manifest.engine()?;
+    let service_tmpl = read_export(&image, "service.template")?;
+    let tmpfiles_tmpl = read_export(&image, "tmpfiles.template")?;
+    let mode = exec_mode(service_tmpl.as_deref());
+    let rv = slot_values(t, &manifest, mode, final_dir);
+    let values = rv.values.clone();
 
     // config.json: verbatim, rendered, or syscont's default.
-    let config = if let Some(c) = read_export(&exports, "config.json")? {
-        c
-    } else if let Some(tmpl) = read_export(&exports, "config.json.template")? {
-        templates::render(engine, &tmpl, "exports/config.json.template", &rv, false)?
+    let (config, config_source) = if let Some(c) = read_export(&image, "config.json")? {
+        (c, "exports/config.json")
+    } else if let Some(tmpl) = read_export(&image, "config.json.template")? {
+        let r = templates::render(engine, &tmpl, "exports/config.json.template", &rv, false)?;
+        (r, "exports/config.json.template")
     } else {
         let process = templates::ImageProcess::from_config(&store.config(t.img)?);
-        templates::default_config(&process, &rv)?
+        (
+            templates::default_config(&process, &rv)?,
+            "syscont's default config.json",
+        )
     };
     let config = if t.remote.is_some() {
         // A remote rootfs is referenced by its absolute path.
@@ -268,25 +352,13 @@ fn render_slot(
             .display()
             .to_string()
     });
-    templates::validate_config(&config, "config.json", want_root.as_deref())?;
+    let config = crate::runtime_config::check(&config, config_source, want_root.as_deref())?;
 
     let (service, dropin) = if manifest.no_container_service {
         (None, None)
     } else {
-        let body = match &service_tmpl {
-            Some(tmpl) => templates::render(engine, tmpl, "exports/service.template", &rv, true)?,
-            None => templates::default_service(&rv)?,
-        };
-        // Pidfile mode detaches: without an explicit Type= systemd would lose track of the
-        // container, so a drop-in makes the unit Type=forking with the PID file.
-        let has_type = body.lines().any(|l| l.trim_start().starts_with("Type="));
-        let dropin = (mode == ExecMode::Pidfile && !has_type).then(|| {
-            format!(
-                "{UNIT_MARKER}\n[Service]\nType=forking\nPIDFile={}\n",
-                values["PIDFILE"]
-            )
-        });
-        (Some(format!("{UNIT_MARKER}\n{body}")), dropin)
+        let (unit, dropin) = render_unit(engine, service_tmpl.as_deref(), mode, &rv)?;
+        (Some(unit), dropin)
     };
     let tmpfiles = match &tmpfiles_tmpl {
         Some(tmpl) => Some(templates::render(
@@ -323,7 +395,7 @@ fn render_slot(
         templates::render(engine, text, dest, &rv, false)
     };
     let plan = hostfs::plan(
-        &exports.join("hostfs"),
+        &image,
         &renames,
         &manifest.installed_files_template,
         &render_host,
@@ -716,12 +788,14 @@ fn image_for(
 
 /// `syscont install`.
 pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
-    let store = Store::open(cfg)?;
-    let deps = Deployments::new(&cfg.checkout_path);
-    std::fs::create_dir_all(&deps.root)
-        .with_context(|| format!("Creating {}", deps.root.display()))?;
+    // What can be checked without the image is checked before anything is written.
     let set = parse_set(&o.set)?;
     let set_json = parse_set_json(&o.set_json)?;
+    if let Some(n) = &o.name {
+        deploy::validate_name(n)?;
+    }
+    let store = Store::open_or_create(cfg)?;
+    let deps = Deployments::new(&cfg.checkout_path);
     let img = image_for(&store, &o.image, o.fetch.as_ref(), false)?;
     let name = match &o.name {
         Some(n) => n.clone(),
@@ -729,9 +803,31 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
     };
     deploy::validate_name(&name)?;
     deps.check_free(&name)?;
+    // A refused install leaves no deployments directory it made.
+    let made_root = !deps.root.exists();
+    std::fs::create_dir_all(&deps.root)
+        .with_context(|| format!("Creating {}", deps.root.display()))?;
+    let res = install_named(&store, &deps, o, &img, &name, set, set_json);
+    if res.is_err() && made_root {
+        let _ = std::fs::remove_dir(&deps.root);
+    }
+    res
+}
+
+/// The install of `img` as `name`, once both are known.
+fn install_named(
+    store: &Store,
+    deps: &Deployments,
+    o: &InstallOpts,
+    img: &ImageRecord,
+    name: &str,
+    set: BTreeMap<String, String>,
+    set_json: BTreeMap<String, serde_json::Value>,
+) -> Result<()> {
+    let name = name.to_string();
     let _lock = deps.lock(&name)?;
     if deps.is_installed(&name) {
-        println!("{name} already present");
+        outln!("{name} already present");
         // `--start` still means the service runs afterwards (also after an install that
         // was interrupted between its last file and the start).
         if o.start {
@@ -750,20 +846,20 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
     let runtime = runtime::resolve(&o.runtime.clone().unwrap_or_else(runtime::default_runtime))?;
     runtime::check(&runtime)?;
     check_unit_is_ours(&name)?;
-    clean_leftovers(&deps, &name)?;
+    clean_leftovers(deps, &name)?;
 
-    let config = store.config(&img)?;
+    let config = store.config(img)?;
     if config
         .pointer("/config/Labels/atomic.run")
         .and_then(|v| v.as_str())
         == Some("once")
     {
-        return run_once(&store, &img, &name, &set, &set_json, &runtime, &[]);
+        return run_once(store, img, &name, &set, &set_json, &runtime, &[]);
     }
 
     let target = Target {
         name: &name,
-        img: &img,
+        img,
         image_arg: &o.image,
         runtime: runtime.clone(),
         set,
@@ -778,7 +874,7 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
     if crate::scope::is_user() && target.remote.is_none() {
         // A rootless checkout belongs to the caller: other owners cannot be kept.
         let _lock = store.lock()?;
-        let (some, n) = crate::checkout::non_root_owned(&store, &img, 3)?;
+        let (some, n) = crate::checkout::non_root_owned(store, img, 3)?;
         if n > 0 {
             output::status(format!(
                 "Note: {n} file(s) of {} belong to other users than root (e.g. {}); a rootless \
@@ -788,7 +884,7 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
             ));
         }
     }
-    let rendered = build_slot(&store, &deps, &target, 0)?;
+    let rendered = build_slot(store, deps, &target, 0)?;
     crate::failpoint::hit("install.slot-built");
     let conflicts = hostfs::conflicts(Path::new("/"), &rendered.plan, &BTreeMap::new())?;
     if !conflicts.is_empty() {
@@ -818,7 +914,7 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
         for f in installed.checksums.keys() {
             output::status(format!("Created file {f}"));
         }
-        publish_units(&deps, &name, 0)?;
+        publish_units(deps, &name, 0)?;
         crate::failpoint::hit("install.units-published");
         sd.reload()?;
         tmpfiles("--create", &name)?;
@@ -839,7 +935,7 @@ pub(crate) fn install(cfg: &StoreConfig, o: &InstallOpts) -> Result<()> {
         let _ = std::fs::remove_dir_all(dropin_dir(&name));
         let _ = std::fs::remove_file(tmpfiles_path(&name));
         let _ = std::fs::remove_file(deps.link(&name));
-        let _ = clean_leftovers(&deps, &name);
+        let _ = clean_leftovers(deps, &name);
         let _ = sd.reload();
         return Err(e);
     }
@@ -962,8 +1058,8 @@ pub(crate) fn run_once(
 
 /// Renders just the config for a one-off run (run-once images may have a writable root).
 fn render_slot_lenient(store: &Store, t: &Target<'_>, dir: &Path) -> Result<String> {
-    let exports = dir.join("rootfs/exports");
-    let manifest = ExportsManifest::read(&exports)?;
+    let image = RootFs::open(&dir.join("rootfs"))?;
+    let manifest = ExportsManifest::read(&image)?;
     let engine = manifest.engine()?;
     let exec = runtime::exec_lines(&t.runtime, t.name, ExecMode::Classic, "", false);
     let values = templates::compute_values(&ValueInputs {
@@ -981,11 +1077,12 @@ fn render_slot_lenient(store: &Store, t: &Target<'_>, dir: &Path) -> Result<Stri
     let rv = RenderValues {
         values,
         json: t.set_json.clone(),
+        given: t.set.keys().cloned().collect(),
     };
-    if let Some(c) = read_export(&exports, "config.json")? {
+    if let Some(c) = read_export(&image, "config.json")? {
         return Ok(c);
     }
-    if let Some(tmpl) = read_export(&exports, "config.json.template")? {
+    if let Some(tmpl) = read_export(&image, "config.json.template")? {
         return templates::render(engine, &tmpl, "exports/config.json.template", &rv, false);
     }
     let process = templates::ImageProcess::from_config(&store.config(t.img)?);
@@ -1085,13 +1182,13 @@ pub(crate) fn list(
         });
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     let t = !no_trunc;
     if output::quiet() {
         for r in &rows {
-            println!("{}", trunc(&r.name, 10, t));
+            outln!("{}", trunc(&r.name, 10, t));
         }
         return Ok(());
     }
@@ -1110,7 +1207,7 @@ pub(crate) fn list(
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         output::table(
             &[
@@ -1174,7 +1271,7 @@ pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String
         }
         return Ok(());
     }
-    let store = Store::open(cfg)?;
+    let store = Store::open_or_create(cfg)?;
     let img = image_for(&store, target, None, false)?;
     let runtime = runtime::resolve(&runtime::default_runtime())?;
     let name = crate::reference::default_container_name(&img.name);
@@ -1312,15 +1409,16 @@ fn restart_and_watch(sd: &Systemd, name: &str, probation: Duration) -> Result<()
 fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Info) -> Result<()> {
     let dir = deps.slot_dir(name, slot);
     // Host files of the target, rendered with the target's own values (Atomic's bug 11).
-    let exports = dir.join("rootfs/exports");
-    let engine = ExportsManifest::read(&exports)?.engine()?;
+    let image = RootFs::open(&dir.join("rootfs"))?;
+    let engine = ExportsManifest::read(&image)?.engine()?;
     let rv = RenderValues {
         values: to.values.clone(),
         json: to.syscont.set_json.clone(),
+        given: to.set_values().keys().cloned().collect(),
     };
     let render_host = |text: &str, dest: &str| templates::render(engine, text, dest, &rv, false);
     let mut plan = hostfs::plan(
-        &exports.join("hostfs"),
+        &image,
         &to.rename_installed_files,
         &to.installed_files_template,
         &render_host,
@@ -1379,7 +1477,7 @@ fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Inf
 /// `syscont containers update NAME`.
 pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<UpdateOutcome> {
     deploy::validate_name(name)?;
-    let store = Store::open(cfg)?;
+    let store = Store::open_or_create(cfg)?;
     let deps = Deployments::new(&cfg.checkout_path);
     let _lock = deps.lock(name)?;
     let cur = deps
@@ -1415,7 +1513,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         || set_json != old.syscont.set_json
         || runtime != Path::new(&old.runtime);
     if img.id() == old.revision && !values_changed {
-        println!("Latest version already installed.");
+        outln!("Latest version already installed.");
         finish_interrupted_switch(&deps, name)?;
         return Ok(UpdateOutcome::UpToDate);
     }
@@ -1511,11 +1609,11 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     let dir = deps.slot_dir(name, other);
     if !dir.join("info").is_file() {
         bail!(
-            "Error: Cannot find a previous deployment to rollback located at {}",
+            "Cannot find a previous deployment to rollback located at {}",
             dir.display()
         );
     }
-    println!("Attempting to roll back system container: {name}");
+    outln!("Attempting to roll back system container: {name}");
     if republish_if_stale(&deps, name, cur)? {
         Systemd::connect()?.reload()?;
     }
@@ -1523,11 +1621,11 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     let mut to = deps.read_info(name, other)?;
     if to.has_container_service && !dir.join(unit_name(name)).is_file() {
         bail!(
-            "Error: Cannot find systemd service file for previous version. The previous checkout at {} may be corrupted.",
+            "Cannot find systemd service file for previous version. The previous checkout at {} may be corrupted.",
             dir.display()
         );
     }
-    println!(
+    outln!(
         "Rolling back container {name} to the checkout at {}",
         dir.display()
     );
@@ -1583,8 +1681,8 @@ pub(crate) fn update_all(cfg: &StoreConfig, o: &UpdateOpts) -> Result<()> {
             status,
         ]);
     }
-    println!("SUMMARY");
-    print!(
+    outln!("SUMMARY");
+    out!(
         "{}",
         output::table(
             &["Container", "Image ID before", "Image ID after", "Status"],

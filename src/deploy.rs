@@ -192,10 +192,14 @@ impl Deployments {
         fsutil::atomic_symlink(&self.slot_dir(name, slot), &self.link(name))
     }
 
-    /// The per-container lock.
+    /// The per-container lock, in the runtime directory (see [`crate::scope::locks_dir`]):
+    /// one per deployments directory and name.
     pub(crate) fn lock(&self, name: &str) -> Result<Lock> {
+        use sha2::Digest;
+        let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let h = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
         Lock::exclusive(
-            &self.root.join(".locks").join(format!("{name}.lock")),
+            &crate::scope::locks_dir().join(format!("{}-{name}.lock", hex::encode(&h[..8]))),
             &format!("container {name}"),
         )
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::cmdutil::CommandExt;
 use crate::output;
+use crate::output::{out, outln};
 use crate::store::{self, StoreConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,7 @@ fn runtime_check() -> Check {
 }
 
 fn skopeo_check() -> Vec<Check> {
-    let skopeo = crate::proxy::skopeo_path();
+    let skopeo = crate::skopeo::path();
     let version = match Command::new(&skopeo).arg("--version").output_string() {
         Ok(v) => v.trim().to_string(),
         Err(e) => {
@@ -69,7 +70,6 @@ fn skopeo_check() -> Vec<Check> {
         }
     };
     let cfg = crate::proxy::ProxyConfig {
-        skopeo: skopeo.clone(),
         authfile: None,
         tls_verify: None,
         arch: None,
@@ -248,11 +248,11 @@ pub(crate) fn doctor(cfg: &StoreConfig) -> Result<()> {
             vec![c.what.to_string(), s.to_string(), c.detail.clone()]
         })
         .collect();
-    print!("{}", output::table(&["CHECK", "STATUS", "DETAIL"], &rows));
+    out!("{}", output::table(&["CHECK", "STATUS", "DETAIL"], &rows));
     let mut failed = 0;
     for c in &checks {
         if let Some(h) = &c.hint {
-            println!("{}: {h}", c.what);
+            outln!("{}: {h}", c.what);
         }
         if c.status == Status::Fail {
             failed += 1;

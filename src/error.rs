@@ -9,6 +9,9 @@ pub enum UserError {
     /// The reference could not be parsed.
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
+    /// There is no image store yet (nothing was pulled).
+    #[error("there is no image store at {0} yet: nothing has been pulled")]
+    NoStore(String),
     /// Another syscont process holds a lock we need and we were asked not to wait.
     #[error("{0} is locked by another syscont process")]
     Locked(String),
@@ -17,7 +20,7 @@ pub enum UserError {
 /// Exit code for an error: 2 for user errors, 1 for everything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.chain().find_map(|c| c.downcast_ref::<UserError>()) {
-        Some(UserError::ImageNotFound(_)) => 3,
+        Some(UserError::ImageNotFound(_) | UserError::NoStore(_)) => 3,
         Some(_) => 2,
         None => 1,
     }

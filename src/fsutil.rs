@@ -69,55 +69,62 @@ pub(crate) fn atomic_symlink(target: &Path, link: &Path) -> Result<()> {
     fsync_dir(parent_of(link))
 }
 
-/// An exclusive advisory lock on a file, released when dropped.
+/// An exclusive advisory lock on a file, released when dropped. The lock file exists only
+/// while the lock is held: the holder removes it before it lets go, so no lock file is
+/// left behind, not even by a refused command.
 #[derive(Debug)]
 pub(crate) struct Lock {
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
 impl Lock {
     /// Takes the lock at `path`, waiting for other holders. Prints one line when it has to wait.
     pub(crate) fn exclusive(path: &Path, what: &str) -> Result<Lock> {
-        Self::take(
-            path,
-            what,
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        )
-    }
-
-    fn take(path: &Path, what: &str, op: rustix::fs::FlockOperation) -> Result<Lock> {
         use rustix::fs::FlockOperation as Op;
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p).with_context(|| format!("Creating {}", p.display()))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("Opening lock file {}", path.display()))?;
-        if rustix::fs::flock(&file, op).is_err() {
-            eprintln!("Waiting for the lock on {what} ({})...", path.display());
-            let blocking = match op {
-                Op::NonBlockingLockShared => Op::LockShared,
-                _ => Op::LockExclusive,
-            };
-            rustix::fs::flock(&file, blocking)
-                .with_context(|| format!("Locking {}", path.display()))?;
+        let mut said = false;
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("Opening lock file {}", path.display()))?;
+            if rustix::fs::flock(&file, Op::NonBlockingLockExclusive).is_err() {
+                if !said {
+                    eprintln!("Waiting for the lock on {what}...");
+                    said = true;
+                }
+                rustix::fs::flock(&file, Op::LockExclusive)
+                    .with_context(|| format!("Locking {}", path.display()))?;
+            }
+            // The previous holder may have removed the file while we waited for it: the
+            // lock counts only on the file that is still at `path`.
+            let held = rustix::fs::fstat(&file)?;
+            match rustix::fs::stat(path) {
+                Ok(now) if now.st_dev == held.st_dev && now.st_ino == held.st_ino => {
+                    return Ok(Lock {
+                        file,
+                        path: path.to_owned(),
+                    })
+                }
+                _ => continue,
+            }
         }
-        Ok(Lock {
-            _file: file,
-            path: path.to_owned(),
-        })
     }
+}
 
-    /// The lock file's path.
-    #[allow(dead_code)]
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Remove the file while still holding the lock; a waiter that opened it sees that
+        // it is gone and takes a new one.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
     }
 }
 
@@ -138,6 +145,27 @@ mod tests {
             0o600
         );
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn locks_leave_no_file_and_exclude_each_other() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("locks/x.lock");
+        let l = Lock::exclusive(&p, "x").unwrap();
+        assert!(p.exists());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = p.clone();
+        let t = std::thread::spawn(move || {
+            let l2 = Lock::exclusive(&p2, "x").unwrap();
+            tx.send(()).unwrap();
+            drop(l2);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "the second holder waits");
+        drop(l);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        assert!(!p.exists(), "no lock file is left");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::fsutil;
+use crate::rootfs::{Kind, RootFs};
 
 /// One entry to put on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,66 +104,73 @@ pub(crate) fn check_host_path(p: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds the plan from `HOSTFS` (inside a checked-out rootfs). `render` renders a template
-/// file's text. Paths in `templates` are destination paths (after renames).
+/// The image path of the host files directory.
+pub(crate) const HOSTFS: &str = "/exports/hostfs";
+
+/// Builds the plan from the image's `/exports/hostfs`, read inside `root` only (see
+/// [`crate::rootfs`]). `render` renders a template file's text. Paths in `templates` are
+/// destination paths (after renames).
 pub(crate) fn plan(
-    hostfs: &Path,
+    root: &RootFs,
     renames: &BTreeMap<String, String>,
     templates: &[String],
     render: &dyn Fn(&str, &str) -> Result<String>,
 ) -> Result<Plan> {
     let mut plan = Plan::default();
-    if !hostfs.is_dir() {
+    let Some(top) = root.dir(HOSTFS)? else {
         return Ok(plan);
+    };
+    if root.is_root(&top)? {
+        bail!("{HOSTFS} in the image resolves to the image's root directory; refusing to copy the whole image onto the host");
     }
-    let mut stack = vec![hostfs.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .with_context(|| format!("Reading {}", dir.display()))?
-            .collect::<std::io::Result<_>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        if entries.is_empty() && dir != hostfs {
-            let rel = dir.strip_prefix(hostfs).expect("below hostfs");
-            let dest = rename(&format!("/{}", rel.display()), renames);
+    // (directory, its path below hostfs)
+    let mut stack = vec![(top, String::new())];
+    while let Some((dir, rel_dir)) = stack.pop() {
+        let entries = dir.entries()?;
+        if entries.is_empty() && !rel_dir.is_empty() {
+            let dest = rename(&rel_dir, renames);
             check_host_path(&dest)?;
-            let mode = dir.symlink_metadata()?.permissions().mode() & 0o7777;
+            let mode = dir_mode(&dir)?;
             plan.entries.insert(dest, Planned::Dir { mode });
         }
         for e in entries {
-            let src = e.path();
-            let rel = src.strip_prefix(hostfs).expect("below hostfs");
-            let dest = rename(&format!("/{}", rel.display()), renames);
-            check_host_path(&dest)
-                .with_context(|| format!("Renaming hostfs entry /{}", rel.display()))?;
-            // Never follow a symlink out of the image: links are recreated as links.
-            let md = src.symlink_metadata()?;
-            let ft = md.file_type();
-            if ft.is_symlink() {
-                let target = std::fs::read_link(&src)?;
-                plan.entries.insert(dest, Planned::Symlink { target });
-            } else if ft.is_dir() {
-                stack.push(src);
-            } else if ft.is_file() {
-                let raw =
-                    std::fs::read(&src).with_context(|| format!("Reading {}", src.display()))?;
-                let content = if templates.iter().any(|t| t == &dest) {
-                    let text = String::from_utf8(raw)
-                        .map_err(|_| anyhow!("template {dest} is not UTF-8"))?;
-                    render(&text, &dest)?.into_bytes()
-                } else {
-                    raw
-                };
-                let mode = md.permissions().mode() & 0o7777;
-                plan.entries.insert(dest, Planned::File { content, mode });
-            } else {
-                bail!(
-                    "hostfs entry /{} is not a file, directory or symlink",
-                    rel.display()
-                );
+            let rel = format!("{rel_dir}/{}", e.name.to_string_lossy());
+            let dest = rename(&rel, renames);
+            check_host_path(&dest).with_context(|| format!("Renaming hostfs entry {rel}"))?;
+            // Never follow a symlink of the image: links are recreated as links.
+            match e.kind {
+                Kind::Symlink => {
+                    let target = dir.read_link(&e.name)?;
+                    plan.entries.insert(dest, Planned::Symlink { target });
+                }
+                Kind::Dir => stack.push((dir.subdir(&e.name)?, rel)),
+                Kind::File => {
+                    let raw = dir.read_file(&e.name)?;
+                    let content = if templates.iter().any(|t| t == &dest) {
+                        let text = String::from_utf8(raw)
+                            .map_err(|_| anyhow!("template {dest} is not UTF-8"))?;
+                        render(&text, &dest)?.into_bytes()
+                    } else {
+                        raw
+                    };
+                    plan.entries.insert(
+                        dest,
+                        Planned::File {
+                            content,
+                            mode: e.mode,
+                        },
+                    );
+                }
+                Kind::Other => bail!("hostfs entry {rel} is not a file, directory or symlink"),
             }
         }
     }
     Ok(plan)
+}
+
+/// The permission bits of an open directory.
+fn dir_mode(dir: &crate::rootfs::Dir) -> Result<u32> {
+    Ok(rustix::fs::fstat(dir.fd())?.st_mode & 0o7777)
 }
 
 /// Fails if a path component of `dest` below `root` (other than the last) is a symlink or
@@ -349,7 +357,7 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let d = tempfile::tempdir().unwrap();
-        let hostfs = d.path().join("hostfs");
+        let hostfs = d.path().join("rootfs/exports/hostfs");
         let root = d.path().join("host");
         std::fs::create_dir_all(hostfs.join("etc/app")).unwrap();
         std::fs::create_dir_all(hostfs.join("usr/local/lib/empty")).unwrap();
@@ -358,6 +366,10 @@ mod tests {
         std::fs::write(hostfs.join("etc/app/plain"), "keep $NAME\n").unwrap();
         std::os::unix::fs::symlink("/etc/shadow", hostfs.join("etc/app/link")).unwrap();
         (d, hostfs, root)
+    }
+
+    fn image(hostfs: &Path) -> RootFs {
+        RootFs::open(&hostfs.join("../..")).unwrap()
     }
 
     fn render(t: &str, _: &str) -> Result<String> {
@@ -369,7 +381,7 @@ mod tests {
         let (_d, hostfs, root) = setup();
         let renames: BTreeMap<_, _> = [("/etc/app".to_string(), "/etc/web".to_string())].into();
         let templates = vec!["/etc/web/app.conf".to_string()];
-        let plan = plan(&hostfs, &renames, &templates, &render).unwrap();
+        let plan = plan(&image(&hostfs), &renames, &templates, &render).unwrap();
         assert!(conflicts(&root, &plan, &BTreeMap::new())
             .unwrap()
             .is_empty());
@@ -401,7 +413,7 @@ mod tests {
         let (_d, hostfs, root) = setup();
         std::fs::create_dir_all(root.join("etc/app")).unwrap();
         std::fs::write(root.join("etc/app/plain"), "someone else's").unwrap();
-        let plan = plan(&hostfs, &BTreeMap::new(), &[], &render).unwrap();
+        let plan = plan(&image(&hostfs), &BTreeMap::new(), &[], &render).unwrap();
         let c = conflicts(&root, &plan, &BTreeMap::new()).unwrap();
         assert_eq!(c, vec!["/etc/app/plain".to_string()]);
     }
@@ -412,11 +424,11 @@ mod tests {
         let elsewhere = root.join("../elsewhere");
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, root.join("etc")).unwrap();
-        let plan1 = plan(&hostfs, &BTreeMap::new(), &[], &render).unwrap();
+        let plan1 = plan(&image(&hostfs), &BTreeMap::new(), &[], &render).unwrap();
         let e = conflicts(&root, &plan1, &BTreeMap::new()).unwrap_err();
         assert!(format!("{e:#}").contains("symlink on the host"), "{e:#}");
         let renames: BTreeMap<_, _> =
             [("/etc/app/plain".to_string(), "/etc/../../x".to_string())].into();
-        assert!(plan(&hostfs, &renames, &[], &render).is_err());
+        assert!(plan(&image(&hostfs), &renames, &[], &render).is_err());
     }
 }

@@ -21,7 +21,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::cmdutil::CommandExt;
 
@@ -925,7 +924,7 @@ impl BaseImage {
             .prefix("syscont-base-")
             .tempdir()
             .context("Creating a temporary directory for the base image")?;
-        let mut cmd = Command::new("skopeo");
+        let mut cmd = crate::skopeo::Skopeo::new()?;
         // Quiet: `syscont build` prints only the digest on stdout.
         cmd.args(["copy", "--quiet"]);
         if !tls_verify {
@@ -1036,7 +1035,7 @@ fn push_image(
 ) -> Result<()> {
     let digestfile = tempfile::NamedTempFile::new()
         .context("Creating a temporary file for the pushed digest")?;
-    let mut cmd = Command::new("skopeo");
+    let mut cmd = crate::skopeo::Skopeo::new()?;
     cmd.args(["copy", "--quiet"]);
     if !opts.tls_verify {
         cmd.arg("--dest-tls-verify=false");
@@ -1066,7 +1065,7 @@ mod tests {
     use flate2::read::GzDecoder;
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::fs::symlink;
-    use std::process::{Child, Stdio};
+    use std::process::{Child, Command, Stdio};
 
     /// Fails the test loudly when a required external program is missing.
     fn require_tool(tool: &str) {

@@ -4,12 +4,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
-use std::process::Command;
 
 use crate::cmdutil::CommandExt;
 
 use crate::cli::ImagesListOpts;
 use crate::output::{self, human_size, trunc};
+use crate::output::{out, outln};
 use crate::pull::in_transaction;
 use crate::reference::{self, ImageReference};
 use crate::store::{ImageRecord, Store, StoreConfig, REF_PREFIX};
@@ -103,7 +103,16 @@ fn matches_filters(row: &ListRow, filters: &[String]) -> Result<bool> {
 
 /// `syscont images list`.
 pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
-    let store = Store::open(cfg)?;
+    let store = Store::open_existing(cfg)?;
+    let rows = match &store {
+        Some(store) => list_rows(store, cfg, o.all)?,
+        None => Vec::new(),
+    };
+    print_list(rows, o)
+}
+
+/// The rows of `images list` (with `all`, the layer and config blobs too).
+fn list_rows(store: &Store, cfg: &StoreConfig, all: bool) -> Result<Vec<ListRow>> {
     let used = used_image_ids(&cfg.checkout_path);
     let mut rows = Vec::new();
     for img in store.images()? {
@@ -119,7 +128,7 @@ pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
             name: img.name.clone(),
         });
     }
-    if o.all {
+    if all {
         for (r, commit) in store.refs()? {
             if !reference::is_blob_ref(&r) {
                 continue;
@@ -140,6 +149,10 @@ pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
             });
         }
     }
+    Ok(rows)
+}
+
+fn print_list(rows: Vec<ListRow>, o: &ImagesListOpts) -> Result<()> {
     let mut kept = Vec::new();
     for r in rows {
         if matches_filters(&r, &o.filters)? {
@@ -147,12 +160,12 @@ pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
         }
     }
     if o.json {
-        println!("{}", serde_json::to_string_pretty(&kept)?);
+        outln!("{}", serde_json::to_string_pretty(&kept)?);
         return Ok(());
     }
     if output::quiet() {
         for r in &kept {
-            println!("{}", trunc(&r.id, 12, !o.no_trunc));
+            outln!("{}", trunc(&r.id, 12, !o.no_trunc));
         }
         return Ok(());
     }
@@ -171,7 +184,7 @@ pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         output::table(
             &[
@@ -236,7 +249,7 @@ pub(crate) fn inspect(cfg: &StoreConfig, image: &str, json: bool) -> Result<()> 
         )?,
     });
     if json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     let show = |v: Option<&serde_json::Value>| match v {
@@ -244,11 +257,11 @@ pub(crate) fn inspect(cfg: &StoreConfig, image: &str, json: bool) -> Result<()> 
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     };
-    println!("Name:          {}", img.name);
-    println!("ID:            {}", img.digest);
-    println!("Config:        {}", img.manifest.config.digest);
-    println!("Created:       {}", show(config.get("created")));
-    println!(
+    outln!("Name:          {}", img.name);
+    outln!("ID:            {}", img.digest);
+    outln!("Config:        {}", img.manifest.config.digest);
+    outln!("Created:       {}", show(config.get("created")));
+    outln!(
         "Platform:      {}/{}",
         show(config.get("os")),
         show(config.get("architecture"))
@@ -261,17 +274,17 @@ pub(crate) fn inspect(cfg: &StoreConfig, image: &str, json: bool) -> Result<()> 
         "Volumes",
         "WorkingDir",
     ] {
-        println!("{:<15}{}", format!("{key}:"), show(c.get(key)));
+        outln!("{:<15}{}", format!("{key}:"), show(c.get(key)));
     }
-    println!("Labels:");
+    outln!("Labels:");
     if let Some(labels) = c.get("Labels").and_then(|l| l.as_object()) {
         for (k, v) in labels {
-            println!("  {k}: {}", v.as_str().unwrap_or_default());
+            outln!("  {k}: {}", v.as_str().unwrap_or_default());
         }
     }
-    println!("Layers:");
+    outln!("Layers:");
     for l in &layers {
-        println!(
+        outln!(
             "  {}  {:>10}  {:>10}  {}",
             l["digest"].as_str().unwrap_or_default(),
             human_size(l["size"].as_u64().unwrap_or(0)),
@@ -282,7 +295,7 @@ pub(crate) fn inspect(cfg: &StoreConfig, image: &str, json: bool) -> Result<()> 
             l["mediaType"].as_str().unwrap_or_default()
         );
     }
-    println!("Size:          {}", human_size(img.size()));
+    outln!("Size:          {}", human_size(img.size()));
     Ok(())
 }
 
@@ -324,7 +337,10 @@ pub(crate) fn delete(cfg: &StoreConfig, images: &[String], force: bool) -> Resul
 
 /// `syscont images prune`: drops blob refs no image needs, then unreachable objects.
 pub(crate) fn prune(cfg: &StoreConfig) -> Result<()> {
-    let store = Store::open(cfg)?;
+    let Some(store) = Store::open_existing(cfg)? else {
+        output::status("There is no image store yet: nothing to prune.");
+        return Ok(());
+    };
     let _lock = store.lock()?;
     let mut needed: HashSet<String> = HashSet::new();
     for img in store.images()? {
@@ -449,7 +465,7 @@ pub(crate) fn verify(cfg: &StoreConfig, image: &str) -> Result<()> {
         return Ok(());
     }
     for p in &problems {
-        println!("{p}");
+        outln!("{p}");
     }
     bail!(
         "image {} has {} problem(s); pull it again after `syscont images delete` and `syscont images prune`",
@@ -492,7 +508,13 @@ pub(crate) fn export(cfg: &StoreConfig, image: &str, dest: &str) -> Result<()> {
         let _lock = store.lock()?;
         crate::checkout::checkout_image_copy(&store, &img, &rootfs)?;
         let exports = scratch.join("exports");
-        let has_exports = rootfs.join("exports").is_dir();
+        // Only a real directory moves to its own layer; a symlink stays a symlink in the
+        // rootfs (following it could read the host's files).
+        let has_exports = rootfs
+            .join("exports")
+            .symlink_metadata()
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
         if has_exports {
             std::fs::rename(rootfs.join("exports"), &exports)?;
         }
@@ -540,7 +562,7 @@ pub(crate) fn export(cfg: &StoreConfig, image: &str, dest: &str) -> Result<()> {
             authfile: None,
         };
         let built = crate::imagebuild::build(&opts)?;
-        Command::new(crate::proxy::skopeo_path())
+        crate::skopeo::Skopeo::new()?
             .args(["copy", "-q"])
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(dest)
@@ -563,7 +585,7 @@ fn template_variables(
 ) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
     use crate::templates::{FORCED_VALUES as FORCED, OS_VALUES as SET_BY_OS};
     let mut with_default: BTreeMap<String, String> = BTreeMap::new();
-    if let Some(m) = store.read_file(&img.commit, "rootfs/exports/manifest.json")? {
+    if let Some(m) = store.read_image_file(img, "/exports/manifest.json")? {
         let v: serde_json::Value = serde_json::from_slice(&m)
             .with_context(|| format!("Invalid manifest.json file in image: {}", img.name))?;
         if let Some(d) = v.get("defaultValues").and_then(|d| d.as_object()) {
@@ -585,7 +607,7 @@ fn template_variables(
         "service.template",
         "tmpfiles.template",
     ] {
-        if let Some(t) = store.read_file(&img.commit, &format!("rootfs/exports/{f}"))? {
+        if let Some(t) = store.read_image_file(img, &format!("/exports/{f}"))? {
             for v in crate::dollar::variables(&String::from_utf8_lossy(&t)) {
                 if !FORCED.contains(&v.as_str()) && !with_default.contains_key(&v) {
                     without.insert(v);
@@ -601,24 +623,24 @@ pub(crate) fn info(cfg: &StoreConfig, image: &str) -> Result<()> {
     let store = Store::open(cfg)?;
     let img = store.resolve_one(image)?;
     let config = store.config(&img)?;
-    println!("Image Name: {}", img.name);
+    outln!("Image Name: {}", img.name);
     if let Some(labels) = config.pointer("/config/Labels").and_then(|l| l.as_object()) {
         let sorted: BTreeMap<_, _> = labels.iter().collect();
         for (k, v) in sorted {
-            println!("{k}: {}", v.as_str().unwrap_or_default());
+            outln!("{k}: {}", v.as_str().unwrap_or_default());
         }
     }
     let (with_default, without) = template_variables(&store, &img)?;
-    println!();
-    println!("Template variables with default value, but overridable with --set:");
+    outln!();
+    outln!("Template variables with default value, but overridable with --set:");
     for (k, v) in &with_default {
-        println!("{k}: {v}");
+        outln!("{k}: {v}");
     }
     if !without.is_empty() {
-        println!();
-        println!("Template variables that has no default value, and must be set with --set:");
+        outln!();
+        outln!("Template variables that has no default value, and must be set with --set:");
         for k in &without {
-            println!("{k}: {{DEF_VALUE}}");
+            outln!("{k}: {{DEF_VALUE}}");
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! syscont: system containers from OCI images, stored in OSTree and run by systemd.
 //!
-//! The binary is a thin shell around [`cli::run`]; every concern has its own module.
+//! The binary is a thin shell around [`cli::main`]; every concern has its own module.
 
 pub mod cli;
 pub mod error;
@@ -26,8 +26,11 @@ pub(crate) mod proxy;
 pub(crate) mod pull;
 pub(crate) mod reference;
 pub(crate) mod registries;
+pub(crate) mod rootfs;
 pub(crate) mod runtime;
+pub(crate) mod runtime_config;
 pub(crate) mod scope;
+pub(crate) mod skopeo;
 pub(crate) mod store;
 pub(crate) mod systemd;
 pub(crate) mod tarimport;

@@ -3,6 +3,43 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
+/// Set once standard output turned out to be a closed pipe.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to standard output. When the reader has gone (`syscont images list | head -1`),
+/// the rest of the output is dropped quietly and the command still finishes its work;
+/// [`stdout_closed`] tells `main` to exit as a Unix tool killed by SIGPIPE would (141).
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|_| out.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing to standard output: {e}");
+        }
+    }
+}
+
+/// Whether standard output was closed while the command wrote to it.
+pub(crate) fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// `println!` for command output: see [`write_stdout`].
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::output::write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` for command output: see [`write_stdout`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::output::write_stdout(format_args!($($t)*)) };
+}
+
+pub(crate) use {out, outln};
 static VERBOSE: AtomicU8 = AtomicU8::new(0);
 
 /// Sets `-q`.
@@ -29,7 +66,7 @@ pub(crate) fn verbose() -> u8 {
 /// Prints a progress or status line unless `-q`.
 pub(crate) fn status(msg: impl AsRef<str>) {
     if !quiet() {
-        println!("{}", msg.as_ref());
+        outln!("{}", msg.as_ref());
     }
 }
 

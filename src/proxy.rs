@@ -16,8 +16,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
+
+use crate::skopeo::Skopeo;
 
 /// The largest reply skopeo sends.
 const MAX_MSG: usize = 32 * 1024;
@@ -25,8 +27,6 @@ const MAX_MSG: usize = 32 * 1024;
 /// How to start the proxy.
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyConfig {
-    /// The skopeo binary (`$SYSCONT_SKOPEO` or `skopeo`).
-    pub skopeo: PathBuf,
     /// `--authfile`.
     pub authfile: Option<PathBuf>,
     /// `--tls-verify=false` when `Some(false)`.
@@ -40,9 +40,9 @@ pub(crate) struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// The skopeo command line (pure, for tests).
-    pub(crate) fn command(&self) -> Command {
-        let mut c = Command::new(&self.skopeo);
+    /// The skopeo command line, with its private temporary directory.
+    pub(crate) fn command(&self) -> Result<Skopeo> {
+        let mut c = Skopeo::new()?;
         if let Some(a) = &self.arch {
             c.arg("--override-arch").arg(a);
         }
@@ -57,15 +57,8 @@ impl ProxyConfig {
             c.arg("--tls-verify=false");
         }
         c.arg("--sockfd").arg("0");
-        c
+        Ok(c)
     }
-}
-
-/// The skopeo binary: `$SYSCONT_SKOPEO` or `skopeo` from `PATH`.
-pub(crate) fn skopeo_path() -> PathBuf {
-    std::env::var_os("SYSCONT_SKOPEO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("skopeo"))
 }
 
 /// A handle to an image opened in the proxy.
@@ -83,6 +76,8 @@ pub(crate) struct ImageProxy {
     broken: bool,
     /// What the outstanding `FinishPipe` is for.
     pending_finish: Option<String>,
+    /// The command, kept for its temporary directory (dropped after the child).
+    _skopeo: Skopeo,
 }
 
 /// A blob being streamed from the proxy. Reading fails with a timeout error when no byte
@@ -158,13 +153,18 @@ impl ImageProxy {
         )
         .context("Creating a socket pair for skopeo")?;
         let stderr = tempfile::tempfile().context("Creating a file for skopeo's errors")?;
-        let child = cfg
-            .command()
+        let mut skopeo = cfg.command()?;
+        let child = skopeo
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(stderr.try_clone()?)
             .spawn()
-            .with_context(|| format!("Starting {} (is skopeo installed?)", cfg.skopeo.display()))?;
+            .with_context(|| {
+                format!(
+                    "Starting {} (is skopeo installed?)",
+                    crate::skopeo::path().display()
+                )
+            })?;
         let mut p = ImageProxy {
             sock: mine,
             child,
@@ -173,6 +173,7 @@ impl ImageProxy {
             version: String::new(),
             broken: false,
             pending_finish: None,
+            _skopeo: skopeo,
         };
         let (v, _) = p.call("Initialize", vec![])?;
         let v = v
@@ -398,7 +399,6 @@ mod tests {
 
     fn cfg(timeout: u64) -> ProxyConfig {
         ProxyConfig {
-            skopeo: skopeo_path(),
             authfile: None,
             tls_verify: Some(false),
             arch: None,
@@ -412,7 +412,7 @@ mod tests {
         let mut c = cfg(1);
         c.arch = Some("arm64".into());
         c.authfile = Some("/a.json".into());
-        let cmd = c.command();
+        let cmd = c.command().unwrap();
         let args: Vec<_> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::cli::FetchOpts;
+use crate::output::outln;
 use crate::output::{self, human_size};
 use crate::proxy::{ImageProxy, OpenedImage, ProxyConfig};
 use crate::reference::{self, ImageReference, Transport};
@@ -29,11 +30,11 @@ use crate::tarimport::{self, gerr, DeviceNode, ImportStats};
 
 /// `syscont pull IMAGE`.
 pub(crate) fn pull_cmd(cfg: &StoreConfig, fetch: &FetchOpts, image: &str) -> Result<()> {
-    let store = Store::open(cfg)?;
+    let store = Store::open_or_create(cfg)?;
     let _lock = store.lock()?;
     let r = pull(&store, fetch, image)?;
     if output::quiet() {
-        println!("{}", r.digest);
+        outln!("{}", r.digest);
     }
     Ok(())
 }
@@ -121,7 +122,6 @@ fn store_name(r: &ImageReference) -> Result<String> {
 
 fn proxy_config(fetch: &FetchOpts, src: &Source) -> ProxyConfig {
     ProxyConfig {
-        skopeo: crate::proxy::skopeo_path(),
         authfile: fetch.authfile.clone(),
         tls_verify: src.tls_verify,
         arch: fetch.arch.clone(),
@@ -160,7 +160,7 @@ fn verified_copy(store: &Store, fetch: &FetchOpts, src: &Source, digest: &str) -
             format!("docker://{repo}@{digest}")
         }
     };
-    let mut cmd = std::process::Command::new(crate::proxy::skopeo_path());
+    let mut cmd = crate::skopeo::Skopeo::new()?;
     // A global option: before the command.
     if let Some(a) = &fetch.arch {
         cmd.arg("--override-arch").arg(a);
@@ -174,7 +174,7 @@ fn verified_copy(store: &Store, fetch: &FetchOpts, src: &Source, digest: &str) -
     }
     cmd.arg(&pinned)
         .arg(format!("dir:{}", dir.path().display()));
-    crate::cmdutil::CommandExt::run_checked(&mut cmd).with_context(|| {
+    crate::cmdutil::CommandExt::run_checked(&mut *cmd).with_context(|| {
         format!(
             "{} is refused by the policy {} (its signature is missing, wrong or not trusted)",
             src.skopeo_ref,

@@ -47,6 +47,16 @@ pub(crate) fn runtime_dir() -> PathBuf {
     }
 }
 
+/// Where lock files live while they are held: `/run/syscont/locks`, or
+/// `$XDG_RUNTIME_DIR/syscont/locks` for a user.
+pub(crate) fn locks_dir() -> PathBuf {
+    if is_user() {
+        runtime_dir().join("syscont/locks")
+    } else {
+        PathBuf::from("/run/syscont/locks")
+    }
+}
+
 /// Where deployments live by default.
 pub(crate) fn default_checkout_path() -> PathBuf {
     if is_user() {

@@ -187,6 +187,24 @@ pub(crate) fn metadata_variant(pairs: &[(&str, String)]) -> glib::Variant {
     dict.end()
 }
 
+/// Whether `dir` exists and has entries.
+fn dir_has_entries(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut rd) => Ok(rd.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("Reading {}", dir.display())),
+    }
+}
+
+fn not_a_repo(path: &Path) -> anyhow::Error {
+    anyhow!(
+        "{} exists and is not an OSTree repository; syscont creates a repository only in a \
+         missing or empty directory (choose another --repo)",
+        path.display()
+    )
+}
+
 fn same_filesystem(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev(),
@@ -227,38 +245,60 @@ impl StoreConfig {
 }
 
 impl Store {
-    /// Opens the store, creating the repository (mode `bare` as root, `bare-user`
-    /// otherwise) when it does not exist yet.
+    /// Opens the existing store; a command that only reads never creates one. Fails with
+    /// [`UserError::NoStore`] when there is none yet.
     pub(crate) fn open(cfg: &StoreConfig) -> Result<Store> {
+        let path = cfg.repo_path();
+        Self::open_existing(cfg)?
+            .ok_or_else(|| UserError::NoStore(path.display().to_string()).into())
+    }
+
+    /// Opens the store if there is one.
+    pub(crate) fn open_existing(cfg: &StoreConfig) -> Result<Option<Store>> {
         let repo_path = cfg.repo_path();
-        let repo = ostree::Repo::new_for_path(&repo_path);
-        if repo_path.join("config").exists() {
-            repo.open(gio::Cancellable::NONE)
-                .map_err(gerr)
-                .with_context(|| {
-                    format!("Opening the OSTree repository {}", repo_path.display())
-                })?;
-        } else {
-            std::fs::create_dir_all(&repo_path)
-                .with_context(|| format!("Creating {}", repo_path.display()))?;
-            let mode = if is_root() {
-                ostree::RepoMode::Bare
-            } else {
-                ostree::RepoMode::BareUser
-            };
-            repo.create(mode, gio::Cancellable::NONE)
-                .map_err(gerr)
-                .with_context(|| {
-                    format!("Creating the OSTree repository {}", repo_path.display())
-                })?;
+        if !repo_path.join("config").exists() {
+            if dir_has_entries(&repo_path)? {
+                return Err(not_a_repo(&repo_path));
+            }
+            return Ok(None);
         }
+        let repo = ostree::Repo::new_for_path(&repo_path);
+        repo.open(gio::Cancellable::NONE)
+            .map_err(gerr)
+            .with_context(|| format!("Opening the OSTree repository {}", repo_path.display()))?;
+        Ok(Some(Self::from_repo(cfg, repo, repo_path)))
+    }
+
+    /// Opens the store, creating the repository (mode `bare` as root, `bare-user`
+    /// otherwise) when it does not exist yet: only in a missing or empty directory, never
+    /// over a directory that holds something else.
+    pub(crate) fn open_or_create(cfg: &StoreConfig) -> Result<Store> {
+        if let Some(s) = Self::open_existing(cfg)? {
+            return Ok(s);
+        }
+        let repo_path = cfg.repo_path();
+        std::fs::create_dir_all(&repo_path)
+            .with_context(|| format!("Creating {}", repo_path.display()))?;
+        let repo = ostree::Repo::new_for_path(&repo_path);
+        let mode = if is_root() {
+            ostree::RepoMode::Bare
+        } else {
+            ostree::RepoMode::BareUser
+        };
+        repo.create(mode, gio::Cancellable::NONE)
+            .map_err(gerr)
+            .with_context(|| format!("Creating the OSTree repository {}", repo_path.display()))?;
+        Ok(Self::from_repo(cfg, repo, repo_path))
+    }
+
+    fn from_repo(cfg: &StoreConfig, repo: ostree::Repo, repo_path: PathBuf) -> Store {
         let user_mode = repo.mode() != ostree::RepoMode::Bare;
-        Ok(Store {
+        Store {
             repo,
             repo_path,
             checkout_path: cfg.checkout_path.clone(),
             user_mode,
-        })
+        }
     }
 
     /// The writers' lock: one process changes the store at a time.
@@ -408,6 +448,42 @@ impl Store {
             .with_context(|| format!("Reading {path} from commit {commit}"))
     }
 
+    /// Reads `image_path` (`/exports/manifest.json`) from an image's rootfs in the store,
+    /// with the semantics of [`crate::rootfs`]: symlinks are followed inside the image
+    /// (absolute targets and `..` resolve against the image's root), never on the host.
+    /// Images without a merged rootfs (pulled by Atomic) are read from their layers, the
+    /// topmost layer that has the file first. `None` when there is no such regular file.
+    pub(crate) fn read_image_file(
+        &self,
+        img: &ImageRecord,
+        image_path: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        let (root, _) = self.repo.read_commit(&img.commit, gio::Cancellable::NONE)?;
+        let merged = root.child("rootfs");
+        let roots: Vec<gio::File> = if merged.query_file_type(
+            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+            gio::Cancellable::NONE,
+        ) == gio::FileType::Directory
+        {
+            vec![merged]
+        } else {
+            let mut v = Vec::new();
+            for l in img.manifest.layers.iter().rev() {
+                if let Some(c) = self.blob_commit(l.hex()?)? {
+                    v.push(self.repo.read_commit(&c, gio::Cancellable::NONE)?.0);
+                }
+            }
+            v
+        };
+        for r in roots {
+            if let Some(f) = resolve_in_tree(&r, image_path)? {
+                return read_repo_file(&self.repo, &f)
+                    .with_context(|| format!("Reading {image_path} of image {}", img.name));
+            }
+        }
+        Ok(None)
+    }
+
     /// The image config (JSON) of an image.
     pub(crate) fn config(&self, img: &ImageRecord) -> Result<serde_json::Value> {
         let hex = img.manifest.config.hex()?;
@@ -420,6 +496,65 @@ impl Store {
         serde_json::from_slice(&bytes)
             .with_context(|| format!("The config of {} is not valid JSON", img.name))
     }
+}
+
+/// Resolves `path` below `root` (a directory of a commit) as `openat2(RESOLVE_IN_ROOT)`
+/// would: `..` stops at `root`, and a symlink's target is resolved again from `root`
+/// (absolute) or from its directory (relative), at most 40 times. `None` when a component
+/// is missing or is not a directory.
+pub(crate) fn resolve_in_tree(root: &gio::File, path: &str) -> Result<Option<gio::File>> {
+    let mut todo: Vec<String> = path
+        .split('/')
+        .rev()
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect();
+    let mut stack: Vec<gio::File> = vec![root.clone()];
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let cur = stack.last().expect("the root stays");
+        let child = cur.child(&c);
+        let info = match child.query_info(
+            "standard::type,standard::symlink-target",
+            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+            gio::Cancellable::NONE,
+        ) {
+            Ok(i) => i,
+            Err(_) => return Ok(None),
+        };
+        match info.file_type() {
+            gio::FileType::SymbolicLink => {
+                links += 1;
+                if links > 40 {
+                    bail!("{path} in the image: too many levels of symbolic links");
+                }
+                let target = info
+                    .symlink_target()
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if target.starts_with('/') {
+                    stack.truncate(1);
+                }
+                todo.extend(
+                    target
+                        .split('/')
+                        .rev()
+                        .filter(|c| !c.is_empty() && *c != ".")
+                        .map(str::to_string),
+                );
+            }
+            gio::FileType::Directory => stack.push(child),
+            _ if todo.is_empty() => stack.push(child),
+            _ => return Ok(None),
+        }
+    }
+    Ok(stack.pop())
 }
 
 /// The content of a regular file in a commit, or `None` if it is missing or not a file.

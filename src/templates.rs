@@ -211,6 +211,8 @@ pub(crate) enum Engine {
 pub(crate) struct RenderValues {
     pub values: BTreeMap<String, String>,
     pub json: BTreeMap<String, serde_json::Value>,
+    /// The keys the user gave (`--set`, a host file), for naming them in errors.
+    pub given: std::collections::BTreeSet<String>,
 }
 
 /// Refuses values that would add lines or control characters to a line-based file (a unit
@@ -230,11 +232,25 @@ pub(crate) fn check_line_safe(used: &[String], values: &RenderValues, file: &str
             (None, Some(json)) => first_control(json),
             (None, None) => None,
         };
-        if let Some(c) = found {
-            bail!(
+        let Some(c) = found else { continue };
+        // A derived value (EXEC_START from RUN_DIRECTORY) names the value given for it.
+        let given = values.given.iter().find(|k| {
+            *k != var
+                && !values.given.contains(var)
+                && values.values.get(*k).is_some_and(|v| {
+                    v.chars().any(char::is_control) && values.values[var].contains(v.as_str())
+                })
+        });
+        match given {
+            Some(k) => bail!(
+                "the value given for {k} contains the control character {c:?}; through {var} \
+                 it would change the structure of {file} (unit-directive injection), so it is \
+                 refused"
+            ),
+            None => bail!(
                 "the value of {var} contains the control character {c:?}; it would change \
                  the structure of {file} (unit-directive injection), so it is refused"
-            );
+            ),
         }
     }
     Ok(())
@@ -385,35 +401,6 @@ pub(crate) fn make_rootless(config: &str) -> Result<String> {
         .collect();
     v["mounts"] = serde_json::Value::Array(mounts);
     Ok(serde_json::to_string_pretty(&v)?)
-}
-
-/// Checks a rendered `config.json`: it must parse as an OCI runtime spec, with a read-only
-/// root at `rootfs` (or, for remote rootfs containers, the given absolute path).
-pub(crate) fn validate_config(text: &str, what: &str, remote_root: Option<&str>) -> Result<()> {
-    let spec: oci_spec::runtime::Spec = serde_json::from_str(text)
-        .with_context(|| format!("{what} is not a valid OCI runtime configuration"))?;
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or_else(|| anyhow!("{what} has no root"))?;
-    let want = remote_root.unwrap_or("rootfs");
-    if root.path() != Path::new(want) {
-        bail!(
-            "invalid configuration {what}: root.path is {:?}, it must be {want:?}",
-            root.path()
-        );
-    }
-    if root.readonly() != Some(true) {
-        bail!("invalid configuration {what}: only read-only root filesystems are supported (root.readonly must be true)");
-    }
-    if let Some(p) = spec.process() {
-        if p.terminal() == Some(true) {
-            bail!("invalid configuration {what}: process.terminal must be false for a service");
-        }
-    } else {
-        bail!("invalid configuration {what}: it has no process");
-    }
-    Ok(())
 }
 
 /// Bind-mount sources in a config that do not exist on the host (for default tmpfiles).
@@ -652,23 +639,12 @@ mod tests {
             "config": {"Entrypoint": ["/bin/httpd"], "Cmd": ["-f"], "Env": ["A=\"b\""], "WorkingDir": "/srv"}
         }));
         let out = default_config(&p, &rv).unwrap();
-        validate_config(&out, "config.json", None).unwrap();
+        crate::runtime_config::check(&out, "config.json", None).unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             v["process"]["args"],
             serde_json::json!(["/bin/httpd", "-f"])
         );
         assert_eq!(v["process"]["cwd"], "/srv");
-    }
-
-    #[test]
-    fn config_validation() {
-        let ok = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":true},"process":{"cwd":"/","args":["a"],"user":{"uid":0,"gid":0}}}"#;
-        validate_config(ok, "c", None).unwrap();
-        let rw = ok.replace("\"readonly\":true", "\"readonly\":false");
-        assert!(validate_config(&rw, "c", None).is_err());
-        let elsewhere = ok.replace("\"rootfs\"", "\"/\"");
-        assert!(validate_config(&elsewhere, "c", None).is_err());
-        assert!(validate_config("{", "c", None).is_err());
     }
 }

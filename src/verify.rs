@@ -6,11 +6,14 @@
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use ostree::prelude::*;
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 
 use crate::deploy::{self, Deployments};
 use crate::output;
+use crate::output::outln;
+use crate::rootfs::{Dir, Kind, RootFs};
 use crate::store::{Store, StoreConfig};
 use crate::tarimport::{gerr, DeviceNode};
 
@@ -38,15 +41,21 @@ impl std::fmt::Display for Finding {
 
 const ATTRS: &str = "standard::name,standard::type";
 
-/// Walks the repo tree `dir` and the directory `disk` side by side.
+/// Walks the repo tree `dir` and the directory `disk` (opened inside the rootfs, never
+/// through a symlink) side by side.
 fn walk(
     dir: &gio::File,
-    disk: &Path,
+    disk: &Dir,
     rel: &str,
     skip: &BTreeSet<String>,
     out: &mut Vec<Finding>,
     checked: &mut u64,
 ) -> Result<()> {
+    let on_disk: BTreeMap<String, Kind> = disk
+        .entries()?
+        .into_iter()
+        .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
+        .collect();
     let mut seen = BTreeSet::new();
     let children = dir
         .enumerate_children(
@@ -60,33 +69,23 @@ fn walk(
         let name_s = name.to_string_lossy().into_owned();
         seen.insert(name_s.clone());
         let path = format!("{rel}/{name_s}");
-        let on_disk = disk.join(&name);
         *checked += 1;
         if skip.contains(&path) {
             continue;
         }
-        let md = match on_disk.symlink_metadata() {
-            Ok(md) => md,
-            Err(_) => {
-                out.push(Finding::Missing(path));
-                continue;
-            }
+        let Some(kind) = on_disk.get(&name_s) else {
+            out.push(Finding::Missing(path));
+            continue;
         };
         let child = dir.child(&name);
         match info.file_type() {
             gio::FileType::Directory => {
-                if !md.is_dir() {
+                if *kind != Kind::Dir {
                     out.push(Finding::Drifted(path, "no longer a directory"));
                     continue;
                 }
-                walk(
-                    &child,
-                    &on_disk,
-                    &format!("{rel}/{name_s}"),
-                    skip,
-                    out,
-                    checked,
-                )?;
+                let sub = disk.subdir(&name_s.clone().into())?;
+                walk(&child, &sub, &path, skip, out, checked)?;
             }
             _ => {
                 let rf = child
@@ -94,35 +93,31 @@ fn walk(
                     .ok_or_else(|| anyhow!("{path}: not a file of the repository"))?;
                 rf.ensure_resolved().map_err(gerr)?;
                 let want = rf.checksum();
+                if *kind == Kind::Dir {
+                    out.push(Finding::Drifted(path, "now a directory"));
+                    continue;
+                }
                 let have = ostree::checksum_file_at(
-                    libc::AT_FDCWD,
-                    &on_disk,
+                    disk.fd().as_fd().as_raw_fd(),
+                    Path::new(&name_s),
                     None,
                     ostree::ObjectType::File,
                     ostree::ChecksumFlags::NONE,
                     gio::Cancellable::NONE,
                 )
                 .map_err(gerr)
-                .with_context(|| format!("Reading {}", on_disk.display()))?;
+                .with_context(|| format!("Reading {path}"))?;
                 if have.as_str() != want.as_str() {
-                    let why = if md.is_dir() {
-                        "now a directory"
-                    } else {
-                        "content, mode, owner or xattrs"
-                    };
-                    out.push(Finding::Drifted(path, why));
+                    out.push(Finding::Drifted(path, "content, mode, owner or xattrs"));
                 }
             }
         }
     }
-    for e in std::fs::read_dir(disk).with_context(|| format!("Reading {}", disk.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
+    for (name, kind) in &on_disk {
         let path = format!("{rel}/{name}");
         // The runtime makes directories for mount points the image lacks.
-        let mount_point =
-            skip.contains(&path) && e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if !seen.contains(&name) && !mount_point {
+        let mount_point = skip.contains(&path) && *kind == Kind::Dir;
+        if !seen.contains(name) && !mount_point {
             out.push(Finding::Extra(path));
         }
     }
@@ -189,7 +184,10 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
         // points (and their parents) may have been made by the runtime.
         let mut skip: BTreeSet<String> = devices.iter().map(|d| format!("/{}", d.path)).collect();
         skip.extend(mount_points(&dir.join("config.json")));
-        let rootfs: PathBuf = dir.join("rootfs");
+        let rootfs = RootFs::open(&dir.join("rootfs"))?;
+        let top = rootfs
+            .dir("/")?
+            .ok_or_else(|| anyhow!("{}/rootfs is not a directory", dir.display()))?;
         let tree = if root.child("rootfs").query_exists(gio::Cancellable::NONE) {
             root.child("rootfs")
         } else {
@@ -212,7 +210,7 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
                 .map_err(gerr)?;
             union.resolve_relative_path(sub.trim_start_matches('/'))
         };
-        walk(&tree, &rootfs, "", &skip, &mut findings, &mut checked)?;
+        walk(&tree, &top, "", &skip, &mut findings, &mut checked)?;
     }
     for (path, recorded) in &info.installed_files_checksum {
         checked += 1;
@@ -229,10 +227,10 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
     }
     findings.sort();
     for f in &findings {
-        println!("{f}");
+        outln!("{f}");
     }
     if findings.is_empty() {
-        println!(
+        outln!(
             "{name}: {checked} entries checked in {} and on the host; nothing changed.",
             dir.display()
         );
