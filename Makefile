@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint unit demo bench deb fuzz clean
+.PHONY: all deps build release test lint unit demo bench deb fuzz clean check-programs
 
 all: build
 
@@ -26,9 +26,14 @@ lint: deps
 # runc in a private namespace). Tests that need root fail loudly without it.
 # Then each fuzz target for a short bounded time (FUZZ_SECONDS).
 FUZZ_SECONDS ?= 15
-test: deps lint
+test: deps lint check-programs
 	$(CARGO) test --all-targets --features failpoints -- --test-threads=2
 	./fuzz/run.sh $(FUZZ_SECONDS)
+
+# Every program the tests, the demo, the benchmark and syscont run comes from a package
+# that deps.sh (or the benchmark's own list) installs.
+check-programs: deps
+	./packaging/check-programs.py
 
 # The fuzz targets for longer: make fuzz FUZZ_SECONDS=600
 fuzz: deps

@@ -7,7 +7,7 @@ packages=(
     # build
     pkg-config libostree-dev libglib2.0-dev
     # run
-    ostree skopeo runc systemd dbus
+    ostree skopeo runc crun systemd dbus
     # tests and demo
     docker-registry busybox-static uidmap ca-certificates util-linux iproute2 procps
     gcc g++ libc6-dev python3 etcd-server etcd-client

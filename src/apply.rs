@@ -398,7 +398,7 @@ fn unit_text(store: Option<&Store>, step: &Step, default_runtime: Option<&PathBu
             }
         }
     }
-    std::fs::read_to_string(container::unit_path(name)).unwrap_or_default()
+    std::fs::read_to_string(crate::units::unit_path(name)).unwrap_or_default()
 }
 
 /// Orders the steps so that a container comes after the ones its unit needs. Stable: the
@@ -525,13 +525,13 @@ fn print_preview(
         container::current_files(&store.checkout_path, &step.want.spec.name);
     outln!("    into {}", p.slot_dir.display());
     print_file_change(
-        &container::unit_path(&step.want.spec.name)
+        &crate::units::unit_path(&step.want.spec.name)
             .display()
             .to_string(),
         unit.as_deref(),
         p.service.as_deref(),
     );
-    let dropin_path = container::dropin_dir(&step.want.spec.name)
+    let dropin_path = crate::units::dropin_dir(&step.want.spec.name)
         .join("50-syscont.conf")
         .display()
         .to_string();
@@ -539,7 +539,7 @@ fn print_preview(
     print_file_change(&dropin_path, dropin.as_deref(), p.dropin.as_deref());
     print_file_change("config.json", config.as_deref(), Some(&p.config));
     print_file_change(
-        &container::tmpfiles_path(&step.want.spec.name)
+        &crate::units::tmpfiles_path(&step.want.spec.name)
             .display()
             .to_string(),
         tmpfiles.as_deref(),
@@ -650,6 +650,16 @@ fn run_plan(
         }
         Err(e) => return Err(e),
     };
+
+    // 0. A switch that an earlier run (or a crash) left unfinished is finished first, so
+    //    the plan starts from containers as they really are.
+    if !dry_run {
+        for w in &wanted {
+            if deps.active_slot(&w.spec.name).is_some() {
+                drop(container::lock_container(&deps, &w.spec.name)?);
+            }
+        }
+    }
 
     // 1. Images: pulled (unless a dry run), or found in the store.
     let mut steps = Vec::new();
@@ -807,6 +817,7 @@ fn execute(
                     fetch: Some(fetch.clone()),
                     replace_values: true,
                     runtime: w.spec.runtime.clone(),
+                    force: false,
                 },
             )?;
             if w.spec.start {

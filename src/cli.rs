@@ -126,6 +126,23 @@ enum Command {
     Images(ImagesCommand),
     /// Build an OCI image from a directory, reproducibly, without a container engine.
     Build(BuildOpts),
+    /// Internal commands that syscont runs itself.
+    #[command(subcommand, hide = true)]
+    Internal(InternalCommand),
+}
+
+/// `syscont internal …` (not for people).
+#[derive(Debug, Subcommand)]
+enum InternalCommand {
+    /// Wait for a syscont process to exit, then finish or revert its switch of a
+    /// container (the guard that systemd runs during updates and rollbacks).
+    Recover {
+        /// Wait for this process first.
+        #[arg(long, value_name = "PID")]
+        after_pid: u32,
+        /// Name the container.
+        name: String,
+    },
 }
 
 /// `syscont install`.
@@ -204,6 +221,11 @@ enum ContainersCommand {
         /// Keep the new version even if it fails to start.
         #[arg(long)]
         no_rollback: bool,
+        /// Rebuild the deployment from the store even when the image and values are
+        /// unchanged (after `syscont images verify --repair`, to replace files that were
+        /// changed on the host).
+        #[arg(long, conflicts_with = "all")]
+        force: bool,
         /// Require the restarted service to stay active this many seconds before the
         /// update counts.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -307,7 +329,17 @@ enum ImagesCommand {
         dst: String,
     },
     /// Recompute the checksum of every object of every layer and report corruption.
+    ///
+    /// Deployments and `images checkout` trees share their files with the store (they are
+    /// hardlinks), so a file changed in one of them changes the image for everyone;
+    /// this finds it.
     Verify {
+        /// Repair what is damaged: remove corrupt objects and fetch the layers that held
+        /// them again from where the image was pulled from.
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        fetch: FetchOpts,
         /// Name the image, by name or ID prefix.
         image: String,
     },
@@ -323,8 +355,16 @@ enum ImagesCommand {
         /// Write it here, e.g. oci-archive:/srv/images/etcd.tar.
         dest: String,
     },
-    /// Check out the union of an image's layers into a new directory, by hardlinks.
+    /// Check out the union of an image's layers into a new directory.
+    ///
+    /// By default the files are hardlinks of the store's objects: the checkout is quick and
+    /// takes no space, but its files are the store's. Changing one changes the image for
+    /// every deployment that uses it (`images verify` finds that, `--repair` undoes it).
+    /// Use --copy for a tree of your own to change.
     Checkout {
+        /// Copy the files instead of hardlinking them: an independent tree.
+        #[arg(long)]
+        copy: bool,
         /// Name the image, by name or ID prefix.
         image: String,
         /// Create this directory (it must not exist).
@@ -495,6 +535,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 rebase,
                 pull,
                 no_rollback,
+                force,
                 probation,
                 fetch,
                 name,
@@ -509,6 +550,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                     fetch: Some(fetch),
                     replace_values: false,
                     runtime: None,
+                    force,
                 };
                 match (all, name) {
                     (true, _) => crate::container::update_all(&store, &o),
@@ -538,10 +580,21 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
             }
             ImagesCommand::Prune => crate::images::prune(&store),
             ImagesCommand::Tag { src, dst } => crate::images::tag(&store, &src, &dst),
-            ImagesCommand::Verify { image } => crate::images::verify(&store, &image),
-            ImagesCommand::Checkout { image, dir } => crate::images::checkout(&store, &image, &dir),
+            ImagesCommand::Verify {
+                repair,
+                fetch,
+                image,
+            } => crate::images::verify(&store, &image, repair, &fetch),
+            ImagesCommand::Checkout { copy, image, dir } => {
+                crate::images::checkout(&store, &image, &dir, copy)
+            }
             ImagesCommand::Export { image, dest } => crate::images::export(&store, &image, &dest),
         },
+        Command::Internal(InternalCommand::Recover { after_pid, name }) => {
+            crate::deploy::validate_name(&name)?;
+            let deps = crate::deploy::Deployments::new(&store.checkout_path);
+            crate::switch::guard(&deps, &name, after_pid)
+        }
         Command::Build(b) => {
             let opts = crate::imagebuild::BuildOptions {
                 rootfs: b.rootfs,

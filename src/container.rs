@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::cmdutil::CommandExt;
 use crate::deploy::{self, Deployments, Info};
+use crate::exports::{read_export, ExportsManifest};
 use crate::fsutil;
 use crate::hostfs;
 use crate::output::{self, trunc};
@@ -20,33 +21,13 @@ use crate::output::{out, outln};
 use crate::rootfs::RootFs;
 use crate::runtime::{self, ExecMode};
 use crate::store::{ImageRecord, Store, StoreConfig};
+use crate::switch::{self, restart_and_watch, switch_to, SwitchRecord};
 use crate::systemd::Systemd;
 use crate::templates::{self, Engine, RenderValues, ValueInputs};
-
-/// Where units and tmpfiles snippets go.
-/// The first line of every unit syscont writes: how it recognises its own files.
-const UNIT_MARKER: &str = "# Managed by syscont; changes are overwritten by updates.";
-/// How long a start or stop job may take.
-const JOB_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn unit_name(name: &str) -> String {
-    format!("{name}.service")
-}
-
-/// The unit file: `/etc/systemd/system/NAME.service`, or in the user's unit directory.
-pub(crate) fn unit_path(name: &str) -> PathBuf {
-    crate::scope::units_dir().join(unit_name(name))
-}
-
-/// The unit's drop-in directory.
-pub(crate) fn dropin_dir(name: &str) -> PathBuf {
-    crate::scope::units_dir().join(format!("{name}.service.d"))
-}
-
-/// The tmpfiles snippet: `/etc/tmpfiles.d/NAME.conf`, or in the user's directory.
-pub(crate) fn tmpfiles_path(name: &str) -> PathBuf {
-    crate::scope::tmpfiles_dir().join(format!("{name}.conf"))
-}
+use crate::units::{
+    check_unit_is_ours, dropin_dir, publish_units, tmpfiles, tmpfiles_path, unit_name, unit_path,
+    JOB_TIMEOUT, UNIT_MARKER,
+};
 
 /// Options of `syscont install`.
 #[derive(Debug, Clone, Default)]
@@ -92,65 +73,6 @@ pub(crate) fn parse_set_json(args: &[String]) -> Result<BTreeMap<String, serde_j
     Ok(out)
 }
 
-/// The parts of `/exports/manifest.json` syscont reads.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub(crate) struct ExportsManifest {
-    #[serde(rename = "defaultValues", default)]
-    pub default_values: BTreeMap<String, serde_json::Value>,
-    #[serde(rename = "renameFiles", default)]
-    pub rename_files: BTreeMap<String, String>,
-    #[serde(rename = "installedFilesTemplate", default)]
-    pub installed_files_template: Vec<String>,
-    #[serde(rename = "noContainerService", default)]
-    pub no_container_service: bool,
-    #[serde(rename = "useLinks", default = "yes")]
-    pub use_links: bool,
-    #[serde(rename = "templateEngine", default)]
-    pub template_engine: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl ExportsManifest {
-    /// Reads `/exports/manifest.json` of a rootfs (inside it only).
-    fn read(root: &RootFs) -> Result<ExportsManifest> {
-        match root.read("/exports/manifest.json")? {
-            Some(b) => serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "Invalid manifest.json file in image: {}/exports/manifest.json",
-                    root.path().display()
-                )
-            }),
-            None => Ok(Self::default()),
-        }
-    }
-
-    fn defaults(&self) -> BTreeMap<String, String> {
-        self.default_values
-            .iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), s)
-            })
-            .collect()
-    }
-
-    fn engine(&self) -> Result<Engine> {
-        match self.template_engine.as_deref() {
-            None | Some("atomic") => Ok(Engine::Dollar),
-            Some("tera") => Ok(Engine::Tera),
-            Some(other) => {
-                bail!("unknown templateEngine {other:?} in manifest.json (use \"tera\")")
-            }
-        }
-    }
-}
-
 /// Everything rendered for one deployment slot, before anything is written.
 struct Rendered {
     config: String,
@@ -159,11 +81,6 @@ struct Rendered {
     tmpfiles: Option<String>,
     plan: hostfs::Plan,
     info: Info,
-}
-
-/// Reads `/exports/NAME` from a rootfs (resolved inside it only), if present.
-fn read_export(root: &RootFs, name: &str) -> Result<Option<String>> {
-    root.read_string(&format!("/exports/{name}"))
 }
 
 /// Inputs that stay the same between the slots of one container.
@@ -639,94 +556,6 @@ fn remove_tree(p: &Path) -> Result<()> {
     }
 }
 
-/// Writes a unit (and its drop-in) and the tmpfiles snippet from a slot to `/etc`.
-fn publish_units(deps: &Deployments, name: &str, slot: u8) -> Result<()> {
-    let dir = deps.slot_dir(name, slot);
-    let copy = |src: PathBuf, dst: PathBuf| -> Result<()> {
-        match std::fs::read(&src) {
-            Ok(data) => {
-                if let Some(p) = dst.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
-                fsutil::atomic_write(&dst, &data, 0o644)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let _ = std::fs::remove_file(&dst);
-                Ok(())
-            }
-            Err(e) => Err(e).with_context(|| format!("Reading {}", src.display())),
-        }
-    };
-    copy(dir.join(unit_name(name)), unit_path(name))?;
-    copy(
-        dir.join(format!("{name}.dropin.conf")),
-        dropin_dir(name).join("50-syscont.conf"),
-    )?;
-    copy(
-        dir.join(format!("tmpfiles-{name}.conf")),
-        tmpfiles_path(name),
-    )?;
-    Ok(())
-}
-
-fn tmpfiles(op: &str, name: &str) -> Result<()> {
-    let p = tmpfiles_path(name);
-    if !p.exists() {
-        return Ok(());
-    }
-    let mut cmd = Command::new("systemd-tmpfiles");
-    if crate::scope::is_user() {
-        cmd.arg("--user");
-    }
-    cmd.arg(op)
-        .arg(&p)
-        .run_checked()
-        .with_context(|| format!("Applying {}", p.display()))
-}
-
-/// Fails if `/etc/systemd/system/NAME.service` exists and was not written by syscont.
-fn check_unit_is_ours(name: &str) -> Result<()> {
-    let p = unit_path(name);
-    if let Ok(s) = std::fs::read_to_string(&p) {
-        if !s.starts_with(UNIT_MARKER) {
-            bail!(
-                "{} exists and was not written by syscont; choose another --name",
-                p.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Puts the unit, drop-in and tmpfiles of the active slot back in place when they differ
-/// (an update or rollback that was killed after publishing the other slot's units but
-/// before flipping the link). Returns whether anything changed.
-fn republish_if_stale(deps: &Deployments, name: &str, slot: u8) -> Result<bool> {
-    let dir = deps.slot_dir(name, slot);
-    let pairs = [
-        (dir.join(unit_name(name)), unit_path(name)),
-        (
-            dir.join(format!("{name}.dropin.conf")),
-            dropin_dir(name).join("50-syscont.conf"),
-        ),
-        (
-            dir.join(format!("tmpfiles-{name}.conf")),
-            tmpfiles_path(name),
-        ),
-    ];
-    let stale = pairs
-        .iter()
-        .any(|(src, dst)| std::fs::read(src).ok() != std::fs::read(dst).ok());
-    if stale {
-        output::status(format!(
-            "Restoring the units of {name} from {} (an earlier run was interrupted).",
-            dir.display()
-        ));
-        publish_units(deps, name, slot)?;
-    }
-    Ok(stale)
-}
-
 /// Removes what a crashed install left: slots without a link (and the host files they
 /// recorded, where nobody changed them since), and temporary slot dirs.
 fn clean_leftovers(deps: &Deployments, name: &str) -> Result<()> {
@@ -825,7 +654,7 @@ fn install_named(
     set_json: BTreeMap<String, serde_json::Value>,
 ) -> Result<()> {
     let name = name.to_string();
-    let _lock = deps.lock(&name)?;
+    let _lock = lock_container(deps, &name)?;
     if deps.is_installed(&name) {
         outln!("{name} already present");
         // `--start` still means the service runs afterwards (also after an install that
@@ -953,7 +782,7 @@ fn install_named(
 pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
     deploy::validate_name(name)?;
     let deps = Deployments::new(&cfg.checkout_path);
-    let _lock = deps.lock(name)?;
+    let _lock = lock_container(&deps, name)?;
     let slot = deps.active_slot(name);
     let has_leftovers = [0, 1].iter().any(|s| deps.slot_dir(name, *s).exists())
         || deps.link(name).symlink_metadata().is_ok();
@@ -998,7 +827,7 @@ pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
     crate::failpoint::hit("uninstall.hostfs-removed");
     let _ = std::fs::remove_file(deps.link(name));
     crate::failpoint::hit("uninstall.unlinked");
-    switch_done(&deps, name);
+    switch::end(&deps, name);
     for s in [0, 1] {
         remove_tree(&deps.slot_dir(name, s))?;
     }
@@ -1035,7 +864,23 @@ pub(crate) fn run_once(
             remote: None,
         };
         let r = render_slot_lenient(store, &target, &base)?;
-        let mut config: serde_json::Value = serde_json::from_str(&r)?;
+        let mut config: serde_json::Value = serde_json::from_str(&r)
+            .context("The rendered config.json of the one-off run is not valid JSON")?;
+        if !config.is_object() {
+            bail!(
+                "the rendered config.json of {} is not a JSON object",
+                img.name
+            );
+        }
+        // The root is always the checkout made here. The checkout's files are the store's
+        // objects: a read-only root keeps them safe; an image that wants a writable root
+        // runs on a copy of its own instead, so nothing it writes reaches the store.
+        let writable = config.pointer("/root/readonly") != Some(&serde_json::Value::Bool(true));
+        config["root"] = serde_json::json!({"path": "rootfs", "readonly": !writable});
+        if writable {
+            remove_tree(&base.join("rootfs"))?;
+            crate::checkout::checkout_image_copy(store, img, &base.join("rootfs"))?;
+        }
         if !args.is_empty() {
             config["process"]["args"] = serde_json::json!(args);
         }
@@ -1129,7 +974,16 @@ pub(crate) fn list(
     };
     let mut rows = Vec::new();
     for (n, s, info) in infos {
-        let state = if !info.has_container_service {
+        let switching = crate::switch::pending(&deps, &n).map(|_| {
+            if deps.is_locked(&n) {
+                "switching"
+            } else {
+                "interrupted"
+            }
+        });
+        let state = if let Some(sw) = switching {
+            sw.to_string()
+        } else if !info.has_container_service {
             "no service".to_string()
         } else {
             match states.get(&unit_name(&n)) {
@@ -1161,7 +1015,8 @@ pub(crate) fn list(
             runtime: info.runtime.clone(),
         });
     }
-    rows.retain(|r| all || r.state == "running");
+    // A container in the middle of a switch shows without --all too.
+    rows.retain(|r| all || matches!(r.state.as_str(), "running" | "switching" | "interrupted"));
     for f in filters {
         let (k, v) = f
             .split_once('=')
@@ -1293,8 +1148,8 @@ pub(crate) fn start(cfg: &StoreConfig, name: &str) -> Result<()> {
     if !deps.is_installed(name) {
         bail!("container {name} is not installed");
     }
+    let _lock = lock_container(&deps, name)?;
     Systemd::connect()?.start(&unit_name(name), JOB_TIMEOUT)?;
-    switch_done(&deps, name);
     output::status(format!("Started {}.", unit_name(name)));
     Ok(())
 }
@@ -1306,8 +1161,8 @@ pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
     if !deps.is_installed(name) {
         bail!("container {name} is not installed");
     }
+    let _lock = lock_container(&deps, name)?;
     Systemd::connect()?.stop(&unit_name(name), JOB_TIMEOUT)?;
-    switch_done(&deps, name);
     output::status(format!("Stopped {}.", unit_name(name)));
     Ok(())
 }
@@ -1326,6 +1181,9 @@ pub(crate) struct UpdateOpts {
     pub replace_values: bool,
     /// A new runtime (`apply`); `None` keeps the installed one.
     pub runtime: Option<PathBuf>,
+    /// Rebuild the other slot from the store even when nothing changed (after a repair,
+    /// to replace files that were changed on the host).
+    pub force: bool,
 }
 
 /// The outcome of one update, for `update --all`'s summary.
@@ -1343,135 +1201,24 @@ fn journal_tail(unit: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The marker of a service stopped for a switch: while it exists, the service is to run
-/// again, so a switch that is interrupted still ends with the service running (the next
-/// update or rollback starts it).
-fn stopped_for_switch(deps: &Deployments, name: &str) -> PathBuf {
-    deps.root.join(format!(".{name}.stopped-for-switch"))
+/// Takes the container's lock, then finishes or reverts an interrupted switch of it (see
+/// [`crate::switch`]), so every command starts from a consistent container.
+pub(crate) fn lock_container(deps: &Deployments, name: &str) -> Result<fsutil::Lock> {
+    let lock = deps.lock(name)?;
+    switch::recover(deps, name)?;
+    Ok(lock)
 }
 
-/// Stops the service before its deployment is switched, when it runs (or ran before an
-/// interrupted switch); returns whether it is to run again afterwards.
-fn stop_for_switch(
-    sd: &Systemd,
-    deps: &Deployments,
-    name: &str,
-    has_service: bool,
-) -> Result<bool> {
-    let marker = stopped_for_switch(deps, name);
-    let unit = unit_name(name);
-    let running = has_service
-        && (marker.exists()
-            || sd
-                .unit_state(&unit)
-                .map(|s| s.active_state == "active" || s.active_state == "activating")
-                .unwrap_or(false));
-    if running {
-        fsutil::atomic_write(&marker, b"", 0o644)?;
-        sd.stop(&unit, JOB_TIMEOUT)?;
+/// The global options a helper process (the switch guard) needs to find this store.
+fn guard_args(cfg: &StoreConfig) -> Vec<String> {
+    let mut v = vec![
+        "--checkout-path".to_string(),
+        cfg.checkout_path.display().to_string(),
+    ];
+    if let Some(r) = &cfg.repo {
+        v.extend(["--repo".to_string(), r.display().to_string()]);
     }
-    Ok(running)
-}
-
-/// Starts a service that an interrupted update or rollback left stopped.
-fn finish_interrupted_switch(deps: &Deployments, name: &str) -> Result<()> {
-    if !stopped_for_switch(deps, name).exists() {
-        return Ok(());
-    }
-    output::status(format!(
-        "Starting {} again: an earlier update or rollback stopped it and was interrupted.",
-        unit_name(name)
-    ));
-    let sd = Systemd::connect()?;
-    sd.reload()?;
-    restart_and_watch(&sd, name, Duration::ZERO)?;
-    switch_done(deps, name);
-    Ok(())
-}
-
-/// The switch is over: the service runs or was not meant to.
-fn switch_done(deps: &Deployments, name: &str) {
-    let _ = std::fs::remove_file(stopped_for_switch(deps, name));
-}
-
-/// Restarts the unit on the current files and waits through the probation time.
-fn restart_and_watch(sd: &Systemd, name: &str, probation: Duration) -> Result<()> {
-    let unit = unit_name(name);
-    let _ = sd.reset_failed(&unit);
-    tmpfiles("--create", name)?;
-    sd.start(&unit, JOB_TIMEOUT)?;
-    crate::failpoint::hit("update.restarted");
-    sd.wait_active(&unit, probation)
-}
-
-/// Makes `slot` the active deployment: host files, units, tmpfiles, symlink. The service
-/// must be stopped by the caller. `from` is the info of the slot being left.
-fn switch_to(deps: &Deployments, name: &str, slot: u8, from: &Info, to: &mut Info) -> Result<()> {
-    let dir = deps.slot_dir(name, slot);
-    // Host files of the target, rendered with the target's own values (Atomic's bug 11).
-    let image = RootFs::open(&dir.join("rootfs"))?;
-    let engine = ExportsManifest::read(&image)?.engine()?;
-    let rv = RenderValues {
-        values: to.values.clone(),
-        json: to.syscont.set_json.clone(),
-        given: to.set_values().keys().cloned().collect(),
-    };
-    let render_host = |text: &str, dest: &str| templates::render(engine, text, dest, &rv, false);
-    let mut plan = hostfs::plan(
-        &image,
-        &to.rename_installed_files,
-        &to.installed_files_template,
-        &render_host,
-    )?;
-    // As Atomic: a host file the operator changed stays as it is; the new version is not
-    // installed and the file is no longer tracked. Unlike Atomic, say so.
-    // Ours is what either deployment installed (a rollback's target recorded its own files).
-    let mut ours = to.installed_files_checksum.clone();
-    ours.extend(from.installed_files_checksum.clone());
-    let modified = hostfs::modified_by_hand(Path::new("/"), &plan, &ours);
-    for path in &modified {
-        output::status(format!(
-            "Will not overwrite {path} as it was manually modified; the new version is not installed and the file is no longer tracked."
-        ));
-        plan.entries.remove(path);
-    }
-    let conflicts = hostfs::conflicts(Path::new("/"), &plan, &from.installed_files_checksum)?;
-    if !conflicts.is_empty() {
-        bail!(
-            "host files changed by hand block the switch of {name}: {}",
-            conflicts.join(", ")
-        );
-    }
-    let kept = hostfs::remove(
-        Path::new("/"),
-        &from.installed_files_checksum,
-        &[],
-        &plan
-            .entries
-            .keys()
-            .filter_map(|k| {
-                from.installed_files_checksum
-                    .get(k)
-                    .map(|c| (k.clone(), c.clone()))
-            })
-            .collect(),
-    );
-    for k in kept.iter().filter(|k| !modified.contains(k)) {
-        output::status(format!("Will not delete {k} as it was manually modified."));
-    }
-    crate::failpoint::hit("switch.hostfs-removed");
-    let installed = hostfs::apply(Path::new("/"), &plan)?;
-    crate::failpoint::hit("switch.hostfs-applied");
-    to.installed_files_checksum = installed.checksums;
-    let mut dirs = from.syscont.created_dirs.clone();
-    dirs.extend(installed.created_dirs);
-    dirs.sort();
-    dirs.dedup();
-    to.syscont.created_dirs = dirs;
-    deps.write_info(name, slot, to)?;
-    publish_units(deps, name, slot)?;
-    crate::failpoint::hit("switch.units-published");
-    deps.activate(name, slot)
+    v
 }
 
 /// `syscont containers update NAME`.
@@ -1479,15 +1226,12 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
     deploy::validate_name(name)?;
     let store = Store::open_or_create(cfg)?;
     let deps = Deployments::new(&cfg.checkout_path);
-    let _lock = deps.lock(name)?;
+    let _lock = lock_container(&deps, name)?;
     let cur = deps
         .active_slot(name)
         .ok_or_else(|| anyhow!("System container '{name}' is not installed"))?;
     let old = deps.read_info(name, cur)?;
     let next = 1 - cur;
-    if republish_if_stale(&deps, name, cur)? {
-        Systemd::connect()?.reload()?;
-    }
     let image_arg = o.rebase.clone().unwrap_or_else(|| old.image.clone());
     let img = image_for(&store, &image_arg, o.fetch.as_ref(), o.pull)?;
     let new_set = parse_set(&o.set)?;
@@ -1512,9 +1256,8 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
     let values_changed = set != old.set_values()
         || set_json != old.syscont.set_json
         || runtime != Path::new(&old.runtime);
-    if img.id() == old.revision && !values_changed {
+    if img.id() == old.revision && !values_changed && !o.force {
         outln!("Latest version already installed.");
-        finish_interrupted_switch(&deps, name)?;
         return Ok(UpdateOutcome::UpToDate);
     }
     let target = Target {
@@ -1539,7 +1282,17 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
 
     let sd = Systemd::connect()?;
     let unit = unit_name(name);
-    let was_active = stop_for_switch(&sd, &deps, name, old.has_container_service)?;
+    let was_active = switch::is_running(&sd, name, old.has_container_service);
+    let rec = SwitchRecord {
+        op: "update".into(),
+        from: cur,
+        to: next,
+        was_active,
+    };
+    switch::begin(&sd, &deps, name, &rec, &guard_args(cfg))?;
+    if was_active {
+        sd.stop(&unit, JOB_TIMEOUT)?;
+    }
     crate::failpoint::hit("update.stopped");
     let _ = tmpfiles("--remove", name);
     let mut old_info = old.clone();
@@ -1550,20 +1303,20 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         if was_active {
             let _ = restart_and_watch(&sd, name, Duration::ZERO);
         }
-        switch_done(&deps, name);
+        switch::end(&deps, name);
         return Err(e);
     }
     crate::failpoint::hit("update.switched");
     sd.reload()?;
     if !was_active {
         tmpfiles("--create", name)?;
-        switch_done(&deps, name);
+        switch::end(&deps, name);
         output::status(format!("Updated {name} to {} ({}).", img.name, img.digest));
         return Ok(UpdateOutcome::Updated);
     }
     let watched = restart_and_watch(&sd, name, o.probation);
     if watched.is_ok() || o.no_rollback {
-        switch_done(&deps, name);
+        switch::end(&deps, name);
     }
     match watched {
         Ok(()) => {
@@ -1589,7 +1342,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
             sd.reload()?;
             restart_and_watch(&sd, name, Duration::ZERO)
                 .context("Starting the previous version after the failed update")?;
-            switch_done(&deps, name);
+            switch::end(&deps, name);
             Err(e.context(format!(
                 "the update of {name} failed and was rolled back; the previous version runs again.\nLast journal lines:\n{journal}"
             )))
@@ -1601,7 +1354,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
 pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     deploy::validate_name(name)?;
     let deps = Deployments::new(&cfg.checkout_path);
-    let _lock = deps.lock(name)?;
+    let _lock = lock_container(&deps, name)?;
     let cur = deps
         .active_slot(name)
         .ok_or_else(|| anyhow!("System container '{name}' is not installed"))?;
@@ -1614,9 +1367,6 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
         );
     }
     outln!("Attempting to roll back system container: {name}");
-    if republish_if_stale(&deps, name, cur)? {
-        Systemd::connect()?.reload()?;
-    }
     let from = deps.read_info(name, cur)?;
     let mut to = deps.read_info(name, other)?;
     if to.has_container_service && !dir.join(unit_name(name)).is_file() {
@@ -1631,7 +1381,17 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     );
     let sd = Systemd::connect()?;
     let unit = unit_name(name);
-    let was_active = stop_for_switch(&sd, &deps, name, from.has_container_service)?;
+    let was_active = switch::is_running(&sd, name, from.has_container_service);
+    let rec = SwitchRecord {
+        op: "rollback".into(),
+        from: cur,
+        to: other,
+        was_active,
+    };
+    switch::begin(&sd, &deps, name, &rec, &guard_args(cfg))?;
+    if was_active {
+        sd.stop(&unit, JOB_TIMEOUT)?;
+    }
     crate::failpoint::hit("rollback.stopped");
     let _ = tmpfiles("--remove", name);
     switch_to(&deps, name, other, &from, &mut to)?;
@@ -1644,7 +1404,7 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     } else {
         output::status(format!("Rolled back {name}."));
     }
-    switch_done(&deps, name);
+    switch::end(&deps, name);
     Ok(())
 }
 

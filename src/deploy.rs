@@ -195,13 +195,20 @@ impl Deployments {
     /// The per-container lock, in the runtime directory (see [`crate::scope::locks_dir`]):
     /// one per deployments directory and name.
     pub(crate) fn lock(&self, name: &str) -> Result<Lock> {
+        Lock::exclusive(&self.lock_path(name), &format!("container {name}"))
+    }
+
+    /// The lock file of `name`: it exists only while a command holds the lock.
+    fn lock_path(&self, name: &str) -> PathBuf {
         use sha2::Digest;
         let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
         let h = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
-        Lock::exclusive(
-            &crate::scope::locks_dir().join(format!("{}-{name}.lock", hex::encode(&h[..8]))),
-            &format!("container {name}"),
-        )
+        crate::scope::locks_dir().join(format!("{}-{name}.lock", hex::encode(&h[..8])))
+    }
+
+    /// Whether a syscont command holds the lock of `name` now.
+    pub(crate) fn is_locked(&self, name: &str) -> bool {
+        self.lock_path(name).exists()
     }
 
     /// Names of installed containers (entries with a symlink to a slot), sorted.

@@ -395,87 +395,210 @@ pub(crate) fn tag(cfg: &StoreConfig, src: &str, dst: &str) -> Result<()> {
 }
 
 /// Recomputes the checksum of every object reachable from `commit`; returns the bad ones.
-fn verify_commit(repo: &ostree::Repo, commit: &str) -> Result<Vec<String>> {
-    let objects = repo
-        .traverse_commit(commit, 0, gio::Cancellable::NONE)
-        .map_err(gerr)
-        .with_context(|| format!("Walking commit {commit}"))?;
+/// An object of a commit that is missing or no longer has its checksum.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct BadObject {
+    checksum: String,
+    /// `file`, `dirtree`, `dirmeta` or `commit`.
+    kind: &'static str,
+    missing: bool,
+}
+
+impl std::fmt::Display for BadObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.missing { "missing" } else { "corrupt" };
+        write!(f, "object {}.{} is {what}", self.checksum, self.kind)
+    }
+}
+
+fn kind_name(t: ostree::ObjectType) -> &'static str {
+    match t {
+        ostree::ObjectType::File => "file",
+        ostree::ObjectType::DirTree => "dirtree",
+        ostree::ObjectType::DirMeta => "dirmeta",
+        ostree::ObjectType::Commit => "commit",
+        _ => "other",
+    }
+}
+
+fn object_type(kind: &str) -> ostree::ObjectType {
+    match kind {
+        "file" => ostree::ObjectType::File,
+        "dirtree" => ostree::ObjectType::DirTree,
+        "dirmeta" => ostree::ObjectType::DirMeta,
+        _ => ostree::ObjectType::Commit,
+    }
+}
+
+/// Recomputes the checksum of every object a commit reaches. A commit that cannot be
+/// walked (a tree object is gone) counts as one missing object.
+fn verify_commit(repo: &ostree::Repo, commit: &str) -> Vec<BadObject> {
+    let objects = match repo.traverse_commit(commit, 0, gio::Cancellable::NONE) {
+        Ok(o) => o,
+        Err(_) => {
+            return vec![BadObject {
+                checksum: commit.to_string(),
+                kind: "commit",
+                missing: true,
+            }]
+        }
+    };
     let mut bad = Vec::new();
     for obj in objects {
         let csum = obj.checksum().to_string();
-        let ok = match obj.object_type() {
-            ostree::ObjectType::File => match repo.load_file(&csum, gio::Cancellable::NONE) {
-                Ok((input, info, xattrs)) => {
-                    match ostree::checksum_file_from_input(
+        let t = obj.object_type();
+        let present = repo
+            .has_object(t, &csum, gio::Cancellable::NONE)
+            .unwrap_or(false);
+        let ok = present
+            && match t {
+                ostree::ObjectType::File => match repo.load_file(&csum, gio::Cancellable::NONE) {
+                    Ok((input, info, xattrs)) => ostree::checksum_file_from_input(
                         &info,
                         Some(&xattrs),
                         input.as_ref(),
                         ostree::ObjectType::File,
                         gio::Cancellable::NONE,
-                    ) {
-                        Ok(actual) => actual.to_hex() == csum,
-                        Err(_) => false,
+                    )
+                    .map(|actual| actual.to_hex() == csum)
+                    .unwrap_or(false),
+                    Err(_) => false,
+                },
+                t => match repo.load_variant(t, &csum) {
+                    Ok(v) => {
+                        let data = v.data_as_bytes();
+                        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)) == csum
                     }
-                }
-                Err(_) => false,
-            },
-            t => match repo.load_variant(t, &csum) {
-                Ok(v) => {
-                    let data = v.data_as_bytes();
-                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)) == csum
-                }
-                Err(_) => false,
-            },
-        };
+                    Err(_) => false,
+                },
+            };
         if !ok {
-            bad.push(format!("{csum}.{:?}", obj.object_type()).to_lowercase());
+            bad.push(BadObject {
+                checksum: csum,
+                kind: kind_name(t),
+                missing: !present,
+            });
         }
     }
     bad.sort();
-    Ok(bad)
+    bad
 }
 
-/// `syscont images verify`.
-pub(crate) fn verify(cfg: &StoreConfig, image: &str) -> Result<()> {
-    let store = Store::open(cfg)?;
-    let img = store.resolve_one(image)?;
-    let mut problems = BTreeSet::new();
-    let mut checked = 0;
-    for l in &img.manifest.layers {
+/// What is wrong with an image's objects.
+#[derive(Debug, Default)]
+struct Damage {
+    /// Layers (indexes) to fetch again: missing, or with a missing or corrupt object.
+    layers: BTreeSet<usize>,
+    /// Every missing or corrupt object, once.
+    objects: BTreeSet<BadObject>,
+    /// One line per problem, for the report.
+    problems: BTreeSet<String>,
+    /// Layers checked.
+    checked: usize,
+}
+
+fn inspect_damage(store: &Store, img: &ImageRecord) -> Result<Damage> {
+    let mut d = Damage::default();
+    for (i, l) in img.manifest.layers.iter().enumerate() {
         match store.blob_commit(l.hex()?)? {
             None => {
-                problems.insert(format!("layer {} is missing", l.digest));
+                d.layers.insert(i);
+                d.problems.insert(format!("layer {} is missing", l.digest));
             }
             Some(c) => {
-                for b in verify_commit(&store.repo, &c)? {
-                    problems.insert(format!("layer {}: object {b} is corrupt", l.digest));
+                for b in verify_commit(&store.repo, &c) {
+                    d.layers.insert(i);
+                    d.problems.insert(format!("layer {}: {b}", l.digest));
+                    d.objects.insert(b);
                 }
-                checked += 1;
+                d.checked += 1;
             }
         }
     }
-    for b in verify_commit(&store.repo, &img.commit)? {
-        problems.insert(format!("image tree: object {b} is corrupt"));
+    for b in verify_commit(&store.repo, &img.commit) {
+        d.problems.insert(format!("image tree: {b}"));
+        d.objects.insert(b);
     }
-    if problems.is_empty() {
+    Ok(d)
+}
+
+/// `syscont images verify [--repair]`.
+pub(crate) fn verify(
+    cfg: &StoreConfig,
+    image: &str,
+    repair: bool,
+    fetch: &crate::cli::FetchOpts,
+) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let damage = inspect_damage(&store, &img)?;
+    if damage.problems.is_empty() {
         output::status(format!(
-            "{} ({}): {checked} layers verified, no corruption found.",
-            img.name, img.digest
+            "{} ({}): {} layers verified, no corruption found.",
+            img.name, img.digest, damage.checked
         ));
         return Ok(());
     }
-    for p in &problems {
+    for p in &damage.problems {
         outln!("{p}");
     }
-    bail!(
-        "image {} has {} problem(s); pull it again after `syscont images delete` and `syscont images prune`",
+    if !repair {
+        bail!(
+            "image {} has {} problem(s); `syscont images verify --repair {image}` fetches the \
+             damaged layers again from where the image came from and replaces the objects",
+            img.name,
+            damage.problems.len()
+        );
+    }
+    let _lock = store.lock()?;
+    // A corrupt object must go before it can be written again: libostree keeps an object
+    // that exists. Files that still link the old object (deployments, checkouts) keep the
+    // damaged content; `syscont containers verify` names them.
+    for b in damage.objects.iter().filter(|b| !b.missing) {
+        store
+            .repo
+            .delete_object(object_type(b.kind), &b.checksum, gio::Cancellable::NONE)
+            .map_err(gerr)
+            .with_context(|| format!("Removing the corrupt object {}.{}", b.checksum, b.kind))?;
+    }
+    if !damage.layers.is_empty() {
+        let source = img.meta.get("syscont.source").cloned().ok_or_else(|| {
+            anyhow!(
+                "{} does not record where it was pulled from; delete it and pull it again",
+                img.name
+            )
+        })?;
+        let layers: Vec<usize> = damage.layers.iter().copied().collect();
+        crate::pull::refetch_layers(&store, fetch, &img, &layers, &source)?;
+    }
+    let img = store.resolve_one(&img.name)?;
+    if !verify_commit(&store.repo, &img.commit).is_empty() {
+        crate::pull::rewrite_image_commit(&store, &img)?;
+    }
+    let img = store.resolve_one(&img.name)?;
+    let after = inspect_damage(&store, &img)?;
+    if !after.problems.is_empty() {
+        for p in &after.problems {
+            outln!("{p}");
+        }
+        bail!("image {} is still damaged after the repair", img.name);
+    }
+    output::status(format!(
+        "Repaired {} ({}): {} object(s) replaced, {} layer(s) fetched again; all {} layers \
+         verify. Deployments made before the repair may still hold the damaged files: \
+         `syscont containers verify NAME` names them, and `syscont containers update --force \
+         NAME` rebuilds one.",
         img.name,
-        problems.len()
-    )
+        img.digest,
+        damage.objects.len(),
+        damage.layers.len(),
+        after.checked
+    ));
+    Ok(())
 }
 
 /// `syscont images checkout IMAGE DIR`.
-pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path) -> Result<()> {
+pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path, copy: bool) -> Result<()> {
     let store = Store::open(cfg)?;
     let img = store.resolve_one(image)?;
     let needs_merge = !crate::checkout::has_merged_rootfs(&store, &img)?;
@@ -484,8 +607,22 @@ pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path) -> Result<()>
     } else {
         None
     };
-    crate::checkout::checkout_image(&store, &img, dir)?;
-    output::status(format!("Checked out {} into {}.", img.name, dir.display()));
+    if copy {
+        crate::checkout::checkout_image_copy(&store, &img, dir)?;
+        output::status(format!(
+            "Checked out {} into {} (copies).",
+            img.name,
+            dir.display()
+        ));
+    } else {
+        crate::checkout::checkout_image(&store, &img, dir)?;
+        output::status(format!(
+            "Checked out {} into {}. Its files are hardlinks of the store's objects: change \
+             them only in a copy (--copy).",
+            img.name,
+            dir.display()
+        ));
+    }
     Ok(())
 }
 

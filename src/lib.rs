@@ -12,6 +12,7 @@ pub(crate) mod container;
 pub(crate) mod deploy;
 pub(crate) mod doctor;
 pub(crate) mod dollar;
+pub(crate) mod exports;
 pub mod failpoint;
 pub(crate) mod fsutil;
 #[cfg(feature = "fuzzing")]
@@ -32,7 +33,9 @@ pub(crate) mod runtime_config;
 pub(crate) mod scope;
 pub(crate) mod skopeo;
 pub(crate) mod store;
+pub(crate) mod switch;
 pub(crate) mod systemd;
 pub(crate) mod tarimport;
 pub(crate) mod templates;
+pub(crate) mod units;
 pub(crate) mod verify;

@@ -556,6 +556,91 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
     Ok(PullResult { name, digest })
 }
 
+/// Fetches layers of a stored image again and writes the objects the store lacks (after
+/// a repair removed corrupt ones). The layers come from `source`, a reference in skopeo
+/// syntax such as the `syscont.source` the pull recorded; blobs are asked for by digest
+/// and verified, so the source's tags need not still name this image.
+pub(crate) fn refetch_layers(
+    store: &Store,
+    fetch: &FetchOpts,
+    img: &store::ImageRecord,
+    layers: &[usize],
+    source: &str,
+) -> Result<()> {
+    let r = ImageReference::parse(source)
+        .with_context(|| format!("The source {source} of {} cannot be used", img.name))?;
+    let (proxy, handle, src) = open_first(fetch, &sources(&r, fetch)?).with_context(|| {
+        format!(
+            "Opening {source}, where {} was pulled from, to fetch its damaged layers again",
+            img.name
+        )
+    })?;
+    let config = store.config(img)?;
+    let diff_ids: Vec<String> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| anyhow!("the config of {} has no rootfs.diff_ids", img.name))?;
+    let jobs = layers
+        .iter()
+        .map(|&i| {
+            let desc = img
+                .manifest
+                .layers
+                .get(i)
+                .ok_or_else(|| anyhow!("{} has no layer #{}", img.name, i + 1))?;
+            Ok(LayerJob {
+                index: i,
+                desc: desc.clone(),
+                diff_id: diff_ids.get(i).cloned().unwrap_or_default(),
+            })
+        })
+        .collect::<Result<VecDeque<_>>>()?;
+    output::status(format!(
+        "Fetching {} layer(s) of {} again from {}.",
+        jobs.len(),
+        img.name,
+        src.skopeo_ref
+    ));
+    fetch_layers(store, fetch, &src, proxy, handle, jobs)
+}
+
+/// Writes the image commit of a stored image again from its layers (when objects of its
+/// merged tree were damaged) and points its ref at it.
+pub(crate) fn rewrite_image_commit(store: &Store, img: &store::ImageRecord) -> Result<()> {
+    let manifest = img
+        .meta
+        .get("docker.manifest")
+        .ok_or_else(|| anyhow!("image {} has no manifest", img.name))?
+        .clone();
+    let source = img.meta.get("syscont.source").cloned().unwrap_or_default();
+    let repo = &store.repo;
+    in_transaction(repo, || {
+        let layer_commits = img
+            .manifest
+            .layers
+            .iter()
+            .map(|l| {
+                store
+                    .blob_commit(l.hex()?)?
+                    .ok_or_else(|| anyhow!("layer {} is missing", l.digest))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let commit = write_image_commit(
+            store,
+            &layer_commits,
+            manifest.as_bytes(),
+            &img.digest,
+            &source,
+        )?;
+        repo.transaction_set_ref(
+            None,
+            &reference::encode_ostree_ref(&img.name),
+            Some(&commit),
+        );
+        Ok(())
+    })
+}
+
 /// Fetches a config blob and checks its digest.
 fn fetch_config_blob(
     proxy: &mut ImageProxy,

@@ -107,20 +107,27 @@ pub(crate) fn exec_lines(
     }
 }
 
+/// What `RUNTIME state ID` reports.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct State {
+    /// `created`, `running`, `stopped`, `paused`.
+    pub status: String,
+    /// The bundle directory the container was created from.
+    pub bundle: PathBuf,
+}
+
+/// The runtime's state of a container; `None` when it does not know it.
+pub(crate) fn state(runtime: &Path, id: &str) -> Option<State> {
+    let out = Command::new(runtime)
+        .args(["state", id])
+        .output_string()
+        .ok()?;
+    serde_json::from_str(&out).ok()
+}
+
 /// Whether the runtime reports the container as running.
 pub(crate) fn is_running(runtime: &Path, id: &str) -> bool {
-    let out = Command::new(runtime).args(["state", id]).output_string();
-    match out {
-        Ok(s) => serde_json::from_str::<serde_json::Value>(&s)
-            .ok()
-            .and_then(|v| {
-                v.get("status")
-                    .and_then(|s| s.as_str())
-                    .map(|s| s == "running")
-            })
-            .unwrap_or(false),
-        Err(_) => false,
-    }
+    state(runtime, id).is_some_and(|s| s.status == "running")
 }
 
 /// Runs a command in a running container (`RUNTIME exec [--tty] ID CMD…`), inheriting stdio.

@@ -37,6 +37,13 @@ trait Manager {
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, zbus::zvariant::Value<'_>)],
+        aux: &[(&str, Vec<(&str, zbus::zvariant::Value<'_>)>)],
+    ) -> zbus::Result<OwnedObjectPath>;
     fn enable_unit_files(
         &self,
         files: &[&str],
@@ -291,6 +298,30 @@ impl Systemd {
     /// Stops a unit and waits; a unit systemd does not know is already stopped.
     pub(crate) fn stop(&self, unit: &str, timeout: Duration) -> Result<()> {
         self.job("stopping", unit, timeout, |m| m.stop_unit(unit, "replace"))
+    }
+
+    /// Starts `argv` as the transient service `unit` (`Type=notify`: the job is done once
+    /// the program sent `READY=1`), collected by systemd when it ends. The service runs
+    /// under systemd, not under this process: it goes on when this process dies.
+    pub(crate) fn start_transient(
+        &self,
+        unit: &str,
+        description: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<()> {
+        use zbus::zvariant::Value;
+        let exec: Vec<(String, Vec<String>, bool)> = vec![(argv[0].clone(), argv.to_vec(), false)];
+        let props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(description)),
+            ("Type", Value::from("notify")),
+            ("NotifyAccess", Value::from("main")),
+            ("CollectMode", Value::from("inactive-or-failed")),
+            ("ExecStart", Value::from(exec)),
+        ];
+        self.job("starting", unit, timeout, |m| {
+            m.start_transient_unit(unit, "fail", &props, &[])
+        })
     }
 
     /// `ResetFailedUnit`; a unit systemd does not know has nothing to reset.

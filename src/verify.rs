@@ -237,7 +237,10 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
         return Ok(());
     }
     bail!(
-        "{name}: {} of {checked} entries differ from the image or from what was installed",
+        "{name}: {} of {checked} entries differ from the image or from what was installed; \
+         `syscont images verify --repair IMAGE` restores the image if its objects were \
+         changed through these files, and `syscont containers update --force {name}` \
+         rebuilds the deployment from the store",
         findings.len()
     )
 }

@@ -3,13 +3,11 @@
 //! removing it in a private systemd. Also checks that the RPM spec agrees with it.
 
 mod common;
-#[path = "common/testbed.rs"]
-mod testbed;
 
 use common::require_root;
+use common::testbed::Testbed;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use testbed::Testbed;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,47 +3,18 @@
 //! Atomic's integration checks, ported, plus the failure cases Atomic got wrong.
 
 mod common;
-#[path = "common/testbed.rs"]
-mod testbed;
 
+use common::bed::*;
+use common::testbed::Testbed;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
-use testbed::Testbed;
-
-const BIN: &str = env!("CARGO_BIN_EXE_syscont");
-const CHECKOUT: &str = "/var/lib/containers/atomic";
-/// A value with spaces and a dash, like the `sha256sum` output Atomic's tests used.
-const SECRET: &str = "0123456789abcdef  -";
 
 /// The registry, the images and a booted testbed.
-struct World {
-    reg: Registry,
-    tb: Testbed,
-    _work: tempfile::TempDir,
-}
+type World = Bed;
 
-fn write(p: &Path, s: &str) {
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, s).unwrap();
-}
-
-fn busybox_rootfs(root: &Path, run_sh: &str) {
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in ["sh", "echo", "cat", "sleep", "httpd", "mkdir", "ls", "wget"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    write(&root.join("usr/bin/run.sh"), run_sh);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        root.join("usr/bin/run.sh"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-}
+/// A value with spaces and a dash, like the `sha256sum` output Atomic's tests used.
+const SECRET: &str = "0123456789abcdef  -";
 
 const RUN_HTTPD: &str = "#!/bin/sh\ntrap 'exit 0' TERM\nmkdir -p /run/www\necho \"Hi $RECEIVER from $NAME\" > /run/www/index.html\nhttpd -f -p \"$PORT\" -h /run/www &\nwait\n";
 
@@ -77,53 +48,6 @@ const CONFIG_TEMPLATE: &str = r#"{
 const PIDFILE_SERVICE: &str = "[Unit]\nDescription=$NAME\n\n[Service]\nExecStartPre=$EXEC_STARTPRE\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nExecStopPost=$EXEC_STOPPOST\nRestart=on-failure\nWorkingDirectory=$DESTDIR\nPIDFile=$PIDFILE\n\n[Install]\nWantedBy=multi-user.target\n";
 
 const CLASSIC_SERVICE: &str = "[Unit]\nDescription=$NAME\n\n[Service]\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nWorkingDirectory=$DESTDIR\n\n[Install]\nWantedBy=multi-user.target\n";
-
-/// Builds an image with `syscont build` and pushes it.
-fn image(
-    work: &Path,
-    reg: &Registry,
-    name: &str,
-    run_sh: &str,
-    exports: &[(&str, &str)],
-    labels: &[&str],
-) {
-    let dir = work.join(name.replace(':', "_"));
-    busybox_rootfs(&dir.join("rootfs"), run_sh);
-    for (p, c) in exports {
-        if p.ends_with('/') {
-            std::fs::create_dir_all(dir.join("exports").join(p)).unwrap();
-        } else {
-            write(&dir.join("exports").join(p), c);
-        }
-    }
-    let mut args: Vec<String> = vec![
-        "build".into(),
-        "--rootfs".into(),
-        dir.join("rootfs").display().to_string(),
-        "--tag".into(),
-        name.into(),
-        "--push".into(),
-        format!("docker://{}/{name}", reg.addr()),
-        "--tls-verify=false".into(),
-    ];
-    if !exports.is_empty() {
-        args.push("--exports".into());
-        args.push(dir.join("exports").display().to_string());
-    }
-    for l in labels {
-        args.push("--label".into());
-        args.push(l.to_string());
-    }
-    let out = std::process::Command::new(BIN)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 impl World {
     fn new() -> World {
@@ -216,96 +140,7 @@ impl World {
             ],
             &[],
         );
-        let tb = Testbed::boot();
-        tb.sh_ok(&format!(
-            "mkdir -p /etc/containers && printf 'unqualified-search-registries = [\"{0}\"]\\n[[registry]]\\nlocation = \"{0}\"\\ninsecure = true\\n' > /etc/containers/registries.conf",
-            reg.addr()
-        ));
-        World {
-            reg,
-            tb,
-            _work: work,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.tb
-            .command(&[&[BIN][..], args].concat())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "syscont {args:?} failed:\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        let t = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(!o.status.success(), "syscont {args:?} succeeded:\n{t}");
-        t
-    }
-
-    /// A path inside the testbed, seen from the host.
-    fn path(&self, inside: &str) -> PathBuf {
-        self.tb.host_path(inside)
-    }
-
-    /// Reads a file inside the testbed. Read in there, because the deployment symlinks are
-    /// absolute, as Atomic made them, and would resolve against the host's root from here.
-    fn read(&self, inside: &str) -> String {
-        let o = self.tb.exec(&["cat", "--", inside]);
-        assert!(
-            o.status.success(),
-            "{inside}: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            self.tb
-                .sh_ok(&format!("ls -la {CHECKOUT} {CHECKOUT}/*/ || true"))
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn exists(&self, inside: &str) -> bool {
-        self.tb
-            .exec(&["sh", "-c", "test -e \"$0\" || test -L \"$0\"", inside])
-            .status
-            .success()
-    }
-
-    fn systemctl(&self, args: &str) -> String {
-        let o = self.tb.sh(&format!("systemctl {args}"));
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    }
-
-    fn http(&self, port: u16) -> String {
-        for _ in 0..50 {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                use std::io::{Read, Write};
-                let _ = write!(s, "GET / HTTP/1.0\r\n\r\n");
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                if out.contains("200") {
-                    return out;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("nothing answers on port {port}");
+        World::boot(reg, work)
     }
 }
 
@@ -2211,6 +2046,38 @@ impl World {
         );
     }
 
+    /// Right after a kill of an update or rollback of a running service, without another
+    /// syscont command: within a bound, the service is active and runs (by runc's own
+    /// account) the complete slot that the link points at, and the switch is over.
+    fn recovers_by_itself(&self, name: &str, what: &str) {
+        let start = std::time::Instant::now();
+        let link = format!("{CHECKOUT}/{name}");
+        loop {
+            let active = self
+                .systemctl(&format!("is-active {name}"))
+                .starts_with("active");
+            let slot = self.tb.sh(&format!("readlink -f {link}")).stdout;
+            let slot = String::from_utf8_lossy(&slot).trim().to_string();
+            let state = self.tb.sh(&format!("runc state {name}"));
+            let bundle = serde_json::from_slice::<serde_json::Value>(&state.stdout)
+                .ok()
+                .and_then(|v| v["bundle"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let switching = self.exists(&format!("{CHECKOUT}/.{name}.switch"));
+            if active && !slot.is_empty() && bundle == slot && !switching {
+                self.working_state(name);
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "{what}: {name} did not come back by itself within 60 s (active {active}, \
+                 link {slot}, running bundle {bundle:?}, switch record left {switching}):\n{}",
+                self.systemctl(&format!("status --no-pager {name} 'syscont-guard-*'"))
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// After the next command: link, units, tmpfiles, info and host files all agree.
     fn agrees(&self, name: &str) {
         assert!(self.consistent(name), "{name} is not installed");
@@ -2314,15 +2181,17 @@ fn crash_matrix() {
             "update" | "switch" => {
                 install("First");
                 w.killed_at(fp, update);
-                w.working_state(name);
+                w.recovers_by_itself(name, fp);
                 w.ok(update);
             }
             "rollback" => {
                 install("First");
                 w.ok(update);
                 w.killed_at(fp, &["containers", "rollback", name]);
-                w.working_state(name);
-                w.ok(&["run", name]);
+                w.recovers_by_itself(name, fp);
+                // The next command finds nothing left to do, and the container agrees.
+                let list = w.ok(&["containers", "list", "--all", "--no-trunc"]);
+                assert!(!list.contains("interrupted"), "{fp}: {list}");
             }
             "uninstall" => {
                 install("First");
@@ -2340,6 +2209,19 @@ fn crash_matrix() {
                 .starts_with("active"),
             "{fp}: not running"
         );
+        w.ok(&["uninstall", name]);
+        w.gone(name);
+    }
+    // The switch a rollback shares with an update, killed during a rollback.
+    for fp in syscont::failpoint::ALL
+        .iter()
+        .filter(|f| f.starts_with("switch."))
+    {
+        install("First");
+        w.ok(update);
+        w.killed_at(fp, &["containers", "rollback", name]);
+        w.recovers_by_itself(name, &format!("rollback at {fp}"));
+        w.agrees(name);
         w.ok(&["uninstall", name]);
         w.gone(name);
     }

@@ -2,6 +2,9 @@
 //! OCI layouts written byte by byte (for hostile layers), and a runner for the binary.
 #![allow(dead_code)]
 
+pub mod bed;
+pub mod testbed;
+
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
