@@ -13,6 +13,7 @@ pub(crate) mod deploy;
 pub(crate) mod doctor;
 pub(crate) mod dollar;
 pub mod failpoint;
+pub mod fleet;
 pub(crate) mod fsutil;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
