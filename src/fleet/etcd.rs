@@ -310,47 +310,42 @@ enum Attempt {
     Final(EtcdError),
 }
 
+/// Reads a PEM file: its certificates, or an error naming `what` and the file.
+fn read_pem_certs(
+    path: &PathBuf,
+    what: &str,
+) -> Result<Vec<ureq::tls::Certificate<'static>>, EtcdError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| EtcdError::Config(format!("reading the {what} {}: {e}", path.display())))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(EtcdError::Config(format!(
+            "the {what} {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 fn load_tls(config: &EtcdConfig) -> Result<ureq::tls::TlsConfig, EtcdError> {
-    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-    let read = |p: &PathBuf, what: &str| {
-        std::fs::read(p)
-            .map_err(|e| EtcdError::Config(format!("reading the {what} {}: {e}", p.display())))
-    };
+    use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
     let mut b = TlsConfig::builder();
     if let Some(ca) = &config.ca_file {
-        let pem = read(ca, "CA file")?;
-        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            return Err(EtcdError::Config(format!(
-                "the CA file {} holds no PEM certificate",
-                ca.display()
-            )));
-        }
-        b = b.root_certs(RootCerts::new_with_certs(&certs));
+        b = b.root_certs(RootCerts::new_with_certs(&read_pem_certs(ca, "CA file")?));
     }
     match (&config.cert_file, &config.key_file) {
         (None, None) => {}
         (Some(cert), Some(key)) => {
-            let pem = read(cert, "client certificate")?;
-            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if chain.is_empty() {
-                return Err(EtcdError::Config(format!(
-                    "the client certificate {} holds no PEM certificate",
-                    cert.display()
-                )));
-            }
-            let key_pem = read(key, "client key")?;
-            let key = PrivateKey::from_pem(&key_pem)
+            let chain = read_pem_certs(cert, "client certificate")?;
+            let pem = std::fs::read(key).map_err(|e| {
+                EtcdError::Config(format!("reading the client key {}: {e}", key.display()))
+            })?;
+            let key = PrivateKey::from_pem(&pem)
                 .map_err(|e| EtcdError::Config(format!("the client key {}: {e}", key.display())))?;
             b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
         }
