@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,14 +38,80 @@ struct Member {
     child: Option<Child>,
 }
 
+/// Certificates for an etcd cluster that serves https and requires client certificates.
+struct Tls {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Tls {
+    /// A fresh CA, a server certificate for 127.0.0.1 and a client certificate, under `dir`.
+    fn generate(dir: &Path) -> Tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "syscont test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |name: &str, purposes: Vec<ExtendedKeyUsagePurpose>| {
+            let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            p.subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.extended_key_usages = purposes;
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        // etcd 3.4's JSON gateway dials the member's own gRPC port with the server certificate,
+        // so with client-cert-auth that certificate must be good for client auth too.
+        let (server_pem, server_key) = leaf(
+            "etcd",
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_pem, client_key) = leaf("syscont", vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        let write = |name: &str, data: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, data).unwrap();
+            p
+        };
+        Tls {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_pem),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_pem),
+            client_key: write("client-key.pem", &client_key),
+        }
+    }
+}
+
 /// A three-member etcd cluster on 127.0.0.1; every member is killed on drop.
 struct Cluster {
     members: Vec<Member>,
+    tls: Option<Tls>,
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    /// With `tls`, clients speak https and must present a certificate of the cluster's CA.
+    fn start_with(tls: bool) -> Cluster {
         for bin in [ETCD, ETCDCTL] {
             assert!(
                 Path::new(bin).exists(),
@@ -54,6 +120,8 @@ impl Cluster {
             );
         }
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let tls = tls.then(|| Tls::generate(dir.path()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -63,13 +131,23 @@ impl Cluster {
         let token = format!("syscont-test-{}-{}", std::process::id(), ports[0].0);
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
-            let client_url = format!("http://127.0.0.1:{client}");
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
             // setpriv: a member dies with the test thread that started it, even if the test
             // binary itself is killed before it can clean up.
-            let child = Command::new("setpriv")
-                .args(["--pdeathsig", "KILL", "--", ETCD])
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--pdeathsig", "KILL", "--", ETCD]);
+            if let Some(t) = &tls {
+                cmd.arg("--cert-file")
+                    .arg(&t.server_cert)
+                    .arg("--key-file")
+                    .arg(&t.server_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&t.ca)
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("m{i}.etcd")))
@@ -93,7 +171,7 @@ impl Cluster {
                 child: Some(child),
             });
         }
-        let cluster = Cluster { members, dir };
+        let cluster = Cluster { members, tls, dir };
         cluster.wait_ready();
         cluster
     }
@@ -101,20 +179,36 @@ impl Cluster {
     /// Waits (at most 60 s) until every member answers a linearizable read.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        for m in &self.members {
-            let c = client(std::slice::from_ref(&m.client_url), Duration::from_secs(2));
+        for (i, m) in self.members.iter().enumerate() {
+            let c = Client::new(&self.etcd_config(std::slice::from_ref(&m.client_url))).unwrap();
             loop {
-                if c.get("syscont-test/ready").is_ok() {
-                    break;
+                let err = match c.get("syscont-test/ready") {
+                    Ok(_) => break,
+                    Err(e) => e,
+                };
+                if Instant::now() >= deadline {
+                    let log = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    panic!(
+                        "etcd member {} did not become ready in 60 s: {err}\nlog (last lines first):\n{}",
+                        m.client_url,
+                        tail.join("\n")
+                    );
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "etcd member {} did not become ready in 60 s; logs in {}",
-                    m.client_url,
-                    self.dir.path().display()
-                );
                 std::thread::sleep(Duration::from_millis(100));
             }
+        }
+    }
+
+    /// A client configuration for `endpoints`, with the client certificate when TLS is on.
+    fn etcd_config(&self, endpoints: &[String]) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: endpoints.to_vec(),
+            ca_file: self.tls.as_ref().map(|t| t.ca.clone()),
+            cert_file: self.tls.as_ref().map(|t| t.client_cert.clone()),
+            key_file: self.tls.as_ref().map(|t| t.client_key.clone()),
+            timeout: Duration::from_secs(2),
         }
     }
 
@@ -130,7 +224,16 @@ impl Cluster {
     }
 
     fn etcdctl(&self, args: &[&str]) -> String {
-        let out = Command::new(ETCDCTL)
+        let mut cmd = Command::new(ETCDCTL);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.client_cert)
+                .arg("--key")
+                .arg(&t.client_key);
+        }
+        let out = cmd
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoints().join(",")))
             .arg("--command-timeout=5s")
@@ -795,6 +898,71 @@ fn fleetlock_server_and_client() {
     let e = coord.release("workers", "w3").unwrap_err();
     assert!(
         matches!(e.downcast_ref(), Some(FleetError::Unreachable { .. })),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn tls_endpoints_with_client_certificates() {
+    let cluster = Cluster::start_with(true);
+    let tls = cluster.tls.as_ref().unwrap();
+    let with = |ca: bool, cert: bool| {
+        Coordinator::new(&FleetConfig {
+            endpoints: cluster.endpoints(),
+            ca_file: ca.then(|| tls.ca.clone()),
+            cert_file: cert.then(|| tls.client_cert.clone()),
+            key_file: cert.then(|| tls.client_key.clone()),
+            timeout: Duration::from_secs(2),
+            ..FleetConfig::default()
+        })
+        .unwrap()
+    };
+    let info = HolderInfo {
+        host: "secure".into(),
+        container: "etcd".into(),
+        digest: digest(6),
+    };
+    let coord = with(true, true);
+    assert!(acquired(coord.acquire("secure", "s1", 1, &info).unwrap()));
+    assert_eq!(
+        cluster.value(&sem_key("secure")),
+        r#"{"total_slots":1,"holders":["s1"]}"#
+    );
+    coord.release("secure", "s1").unwrap();
+
+    // Without the client certificate, or without the CA, the cluster cannot be used: nothing
+    // may restart. A server's refusal of the client can arrive as a TLS alert or as a closed
+    // connection (TLS 1.3 ends the handshake before the server checks the certificate); the
+    // client's refusal of the server names the reason.
+    for (ca, cert, want) in [(true, false, ""), (false, true, "unknownissuer")] {
+        let t = Instant::now();
+        let e = with(ca, cert)
+            .acquire("secure", "s2", 1, &info)
+            .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(
+            matches!(e.downcast_ref(), Some(FleetError::Unreachable { .. })),
+            "{e:#}"
+        );
+        let text = format!("{e:#}").to_lowercase();
+        assert!(text.contains(want), "ca {ca}, cert {cert}: {e:#}");
+    }
+    assert_eq!(
+        cluster.value(&sem_key("secure")),
+        r#"{"total_slots":1,"holders":[]}"#
+    );
+
+    // A CA file without a certificate is refused when the coordinator is set up.
+    let empty = cluster.dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let e = Coordinator::new(&FleetConfig {
+        endpoints: cluster.endpoints(),
+        ca_file: Some(empty),
+        ..FleetConfig::default()
+    })
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("holds no PEM certificate"),
         "{e:#}"
     );
 }

@@ -280,10 +280,12 @@ fn kv_from_wire(w: WireKv) -> Result<KeyValue, String> {
 fn compare_json(c: &Compare) -> Value {
     match c {
         Compare::ModRevision(k, rev) => json!({
-            "target": "MOD", "result": "EQUAL", "key": b64(k.as_bytes()), "mod_revision": rev.to_string()
+            "target": "MOD", "result": "EQUAL", "key": b64(k.as_bytes()),
+            "mod_revision": rev.to_string()
         }),
         Compare::Version(k, v) => json!({
-            "target": "VERSION", "result": "EQUAL", "key": b64(k.as_bytes()), "version": v.to_string()
+            "target": "VERSION", "result": "EQUAL", "key": b64(k.as_bytes()),
+            "version": v.to_string()
         }),
         Compare::Missing(k) => json!({
             "target": "CREATE", "result": "EQUAL", "key": b64(k.as_bytes()), "create_revision": "0"

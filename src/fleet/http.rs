@@ -258,7 +258,8 @@ fn reason(status: u16) -> &'static str {
 /// The bytes of a complete response with a JSON body.
 pub fn response(status: u16, json_body: &[u8]) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
         reason(status),
         json_body.len()
     )
@@ -271,7 +272,8 @@ pub fn response(status: u16, json_body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const PRE_REBOOT: &[u8] = b"POST /base/v1/pre-reboot HTTP/1.1\r\nHost: x\r\nFleet-Lock-Protocol:  true \r\nContent-Length: 5\r\n\r\nhello";
+    const PRE_REBOOT: &[u8] = b"POST /base/v1/pre-reboot HTTP/1.1\r\nHost: x\r\n\
+        Fleet-Lock-Protocol:  true \r\nContent-Length: 5\r\n\r\nhello";
 
     #[test]
     fn parses_a_fleetlock_request() {

@@ -100,7 +100,11 @@ pub enum FleetError {
         record: FailureRecord,
     },
     /// No slot came free before the deadline.
-    #[error("no slot of group {group} came free within {}s; held by: {}", .waited.as_secs(), .holders.join(", "))]
+    #[error(
+        "no slot of group {group} came free within {}s; held by: {}",
+        .waited.as_secs(),
+        .holders.join(", ")
+    )]
     WaitTimedOut {
         /// The group.
         group: String,
@@ -110,7 +114,10 @@ pub enum FleetError {
         waited: Duration,
     },
     /// The FleetLock server does not implement syscont's extension.
-    #[error("{what} needs syscont's FleetLock server, and {base_url} is a plain FleetLock server; {consequence}")]
+    #[error(
+        "{what} needs syscont's FleetLock server, and {base_url} is a plain FleetLock server; \
+         {consequence}"
+    )]
     Unsupported {
         /// The operation.
         what: String,
