@@ -730,11 +730,9 @@ fn fleetlock_server_and_client() {
         digest: digest(4),
     };
 
-    assert!(acquired(coord.acquire("workers", "w1", 99, &info).unwrap()));
-    assert!(
-        acquired(coord.acquire("workers", "w1", 99, &info).unwrap()),
-        "idempotent"
-    );
+    let a = |already_held| Acquire::Acquired(syscont::fleet::Acquired { already_held });
+    assert_eq!(coord.acquire("workers", "w1", 99, &info).unwrap(), a(false));
+    assert_eq!(coord.acquire("workers", "w1", 99, &info).unwrap(), a(true));
     assert_eq!(
         cluster.value(&sem_key("workers")),
         r#"{"total_slots":1,"holders":["w1"]}"#

@@ -260,13 +260,14 @@ impl FleetLockClient {
     }
 
     /// `POST /v1/pre-reboot`: takes a slot of `group` for `id` (idempotent). With `syscont`,
-    /// syscont's server also checks the digest and records the holder.
+    /// syscont's server also checks the digest and records the holder. Returns whether the
+    /// slot was held before, when the server says so (syscont's server does).
     pub fn pre_reboot(
         &self,
         group: &str,
         id: &str,
         syscont: Option<SyscontParams>,
-    ) -> Result<(), FleetLockError> {
+    ) -> Result<Option<bool>, FleetLockError> {
         let body = Body {
             client_params: ClientParams {
                 id: id.into(),
@@ -275,7 +276,11 @@ impl FleetLockClient {
             syscont_params: syscont,
         };
         let body = serde_json::to_value(body).expect("a body serialises");
-        self.post("/v1/pre-reboot", group, body, false).map(drop)
+        let text = self.post("/v1/pre-reboot", group, body, false)?;
+        // Other servers answer with an empty or a non-JSON body: that is success too.
+        Ok(serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["already_held"].as_bool()))
     }
 
     /// `POST /v1/steady-state`: frees the slot of `id` in `group` (idempotent).

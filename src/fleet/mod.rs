@@ -319,6 +319,13 @@ impl Coordinator {
         invalid("group", records::validate_group(group))?;
         invalid("id", records::validate_id(id))?;
         invalid("digest", records::validate_digest(&holder.digest))?;
+        if slots == 0 {
+            return Err(FleetError::Invalid {
+                what: "slot count",
+                reason: "a group needs at least one slot".into(),
+            }
+            .into());
+        }
         let what = format!(
             "taking a slot of group {group} for {id} on {}",
             self.describe()
@@ -358,9 +365,9 @@ impl Coordinator {
                     digest: holder.digest.clone(),
                 };
                 match client.pre_reboot(group, id, Some(params)) {
-                    // FleetLock does not say whether the slot was held before.
-                    Ok(()) => Ok(Acquire::Acquired(Acquired {
-                        already_held: false,
+                    // A plain FleetLock server does not say whether the slot was held before.
+                    Ok(held) => Ok(Acquire::Acquired(Acquired {
+                        already_held: held.unwrap_or(false),
                     })),
                     Err(FleetLockError::Busy { holders, .. }) => Ok(Acquire::Busy {
                         holders,
@@ -626,8 +633,8 @@ mod tests {
         })
         .unwrap();
         let h = HolderInfo::local("etcd", &format!("sha256:{}", "a".repeat(64)));
-        for (g, id) in [("a_b", "x"), ("g", "a/b")] {
-            let e = c.acquire(g, id, 1, &h).unwrap_err();
+        for (g, id, slots) in [("a_b", "x", 1), ("g", "a/b", 1), ("g", "x", 0)] {
+            let e = c.acquire(g, id, slots, &h).unwrap_err();
             assert!(
                 matches!(e.downcast_ref(), Some(FleetError::Invalid { .. })),
                 "{e:#}"

@@ -163,9 +163,10 @@ impl<'a> Semaphore<'a> {
 
     /// Takes a slot for `id`, creating the semaphore with `slots` slots if it is missing.
     ///
-    /// Idempotent: an id that holds a slot gets `Acquired { already_held: true }`. With
-    /// `holder`, the digest is first checked against the group's failure records (`Blocked`
-    /// when recorded), and the holder record is written with the slot.
+    /// Idempotent: an id that holds a slot gets `Acquired { already_held: true }` (and keeps
+    /// its first holder record). With `holder`, the digest is first checked against the
+    /// group's failure records (`Blocked` when recorded), and the holder record is written with
+    /// the slot.
     pub fn acquire(
         &self,
         id: &str,
