@@ -645,6 +645,7 @@ fn member_loss_is_survived_and_no_quorum_is_unreachable() {
     cluster.kill(1);
     let t = Instant::now();
     let e = coord.acquire("flannel", "n3", 1, &info).unwrap_err();
+    eprintln!("without quorum, after {:?}: {e:#}", t.elapsed());
     assert!(
         matches!(e.downcast_ref(), Some(FleetError::Unreachable { .. })),
         "{e:#}"

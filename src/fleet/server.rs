@@ -63,6 +63,16 @@ impl Default for ServerConfig {
     }
 }
 
+/// Every path the server answers.
+const ROUTES: [&str; 6] = [
+    "/v1/pre-reboot",
+    "/v1/steady-state",
+    "/v1/syscont/status",
+    "/v1/syscont/failed",
+    "/v1/syscont/unblock",
+    "/v1/syscont/release",
+];
+
 /// An answer: status and JSON body.
 type Answer = (u16, Value);
 
@@ -264,15 +274,7 @@ impl Backend {
             ("/v1/syscont/failed", "POST") => self.failed(req),
             ("/v1/syscont/unblock", "POST") => self.unblock(req),
             ("/v1/syscont/release", "POST") => self.release(req),
-            (
-                "/v1/pre-reboot"
-                | "/v1/steady-state"
-                | "/v1/syscont/failed"
-                | "/v1/syscont/unblock"
-                | "/v1/syscont/release",
-                _,
-            )
-            | ("/v1/syscont/status", _) => Err(error(
+            (path, _) if ROUTES.contains(&path) => Err(error(
                 405,
                 "method_not_allowed",
                 format!("{} is not allowed on {}", req.method, req.path),
