@@ -14,6 +14,7 @@ pub(crate) mod doctor;
 pub(crate) mod dollar;
 pub(crate) mod exports;
 pub mod failpoint;
+pub mod fleet;
 pub(crate) mod fsutil;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
