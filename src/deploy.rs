@@ -195,7 +195,8 @@ impl Deployments {
     /// The per-container lock, in the runtime directory (see [`crate::scope::locks_dir`]):
     /// one per deployments directory and name.
     pub(crate) fn lock(&self, name: &str) -> Result<Lock> {
-        Lock::exclusive(&self.lock_path(name), &format!("container {name}"))
+        // `/run/syscont/locks`: both directories go once empty.
+        Lock::exclusive_in_runtime_dir(&self.lock_path(name), &format!("container {name}"), 1)
     }
 
     /// The lock file of `name`: it exists only while a command holds the lock.

@@ -76,25 +76,51 @@ pub(crate) fn atomic_symlink(target: &Path, link: &Path) -> Result<()> {
 pub(crate) struct Lock {
     file: File,
     path: PathBuf,
+    /// Directories made for lock files, removed again when empty (deepest first).
+    dirs: Vec<PathBuf>,
 }
 
 impl Lock {
     /// Takes the lock at `path`, waiting for other holders. Prints one line when it has to wait.
     pub(crate) fn exclusive(path: &Path, what: &str) -> Result<Lock> {
+        Self::take(path, what, Vec::new())
+    }
+
+    /// Like [`Lock::exclusive`], in a directory of lock files that is removed again (with
+    /// `parents_too` of its parents) once no lock is left in it, so that the locks leave
+    /// nothing behind, not even their directory.
+    pub(crate) fn exclusive_in_runtime_dir(
+        path: &Path,
+        what: &str,
+        parents_too: usize,
+    ) -> Result<Lock> {
+        let dirs = path
+            .ancestors()
+            .skip(1)
+            .take(1 + parents_too)
+            .map(Path::to_path_buf);
+        Self::take(path, what, dirs.collect())
+    }
+
+    fn take(path: &Path, what: &str, dirs: Vec<PathBuf>) -> Result<Lock> {
         use rustix::fs::FlockOperation as Op;
-        if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p).with_context(|| format!("Creating {}", p.display()))?;
-        }
         let mut said = false;
         loop {
-            let file = OpenOptions::new()
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).with_context(|| format!("Creating {}", p.display()))?;
+            }
+            let file = match OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
                 .open(path)
-                .with_context(|| format!("Opening lock file {}", path.display()))?;
+            {
+                // Another holder removed the empty directory just now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                r => r.with_context(|| format!("Opening lock file {}", path.display()))?,
+            };
             if rustix::fs::flock(&file, Op::NonBlockingLockExclusive).is_err() {
                 if !said {
                     eprintln!("Waiting for the lock on {what}...");
@@ -111,6 +137,7 @@ impl Lock {
                     return Ok(Lock {
                         file,
                         path: path.to_owned(),
+                        dirs,
                     })
                 }
                 _ => continue,
@@ -125,6 +152,12 @@ impl Drop for Lock {
         // it is gone and takes a new one.
         let _ = std::fs::remove_file(&self.path);
         let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
+        // Fails while other locks are in there, as it should.
+        for d in &self.dirs {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
     }
 }
 
@@ -166,6 +199,9 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         t.join().unwrap();
         assert!(!p.exists(), "no lock file is left");
+        let q = d.path().join("run/locks/y.lock");
+        drop(Lock::exclusive_in_runtime_dir(&q, "y", 1).unwrap());
+        assert!(!d.path().join("run").exists(), "no lock directory is left");
     }
 
     #[test]

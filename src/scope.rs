@@ -34,6 +34,11 @@ pub(crate) fn config_home() -> PathBuf {
     xdg("XDG_CONFIG_HOME", ".config")
 }
 
+/// `$XDG_CACHE_HOME`.
+pub(crate) fn cache_home() -> PathBuf {
+    xdg("XDG_CACHE_HOME", ".cache")
+}
+
 /// `$XDG_STATE_HOME`.
 pub(crate) fn state_home() -> PathBuf {
     xdg("XDG_STATE_HOME", ".local/state")

@@ -4,7 +4,7 @@
 //! skopeo unpacks archives (`oci-archive:`, `docker-archive:`) and stages blobs in
 //! `$TMPDIR` (by default `/var/tmp`), and does not always remove what it put there when it
 //! is stopped. Every skopeo process gets a directory of its own, `syscont-skopeo-PID-*`
-//! under `/var/tmp`, which is removed when the [`Skopeo`] is dropped, on success and on
+//! under `$TMPDIR`, `/var/tmp` or (for a user) `~/.cache/syscont`, which is removed when the [`Skopeo`] is dropped, on success and on
 //! every error path alike. Directories left by a process that was killed are removed by
 //! the next syscont that starts skopeo.
 
@@ -13,9 +13,24 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Where the private directories live (the file system skopeo itself would use).
-const TMP_PARENT: &str = "/var/tmp";
 const PREFIX: &str = "syscont-skopeo-";
+
+/// Where the private directories live: `$TMPDIR`; else `/var/tmp` (where skopeo itself
+/// would put big files) for root, and the user's own cache directory for a user, who
+/// writes nothing outside their own directories.
+fn tmp_parent() -> PathBuf {
+    if let Some(t) = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        return t;
+    }
+    if crate::scope::is_user() {
+        crate::scope::cache_home().join("syscont")
+    } else {
+        PathBuf::from("/var/tmp")
+    }
+}
 
 /// The skopeo binary: `$SYSCONT_SKOPEO` or `skopeo` from `PATH`.
 pub(crate) fn path() -> PathBuf {
@@ -35,12 +50,18 @@ pub(crate) struct Skopeo {
 impl Skopeo {
     /// A new `skopeo` command, its stdin closed, with a private `$TMPDIR`.
     pub(crate) fn new() -> Result<Skopeo> {
-        remove_stale(Path::new(TMP_PARENT));
+        let parent = tmp_parent();
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("Creating {}", parent.display()))?;
+        remove_stale(&parent);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{PREFIX}{}-", std::process::id()))
-            .tempdir_in(TMP_PARENT)
+            .tempdir_in(&parent)
             .with_context(|| {
-                format!("Creating a temporary directory for skopeo in {TMP_PARENT}")
+                format!(
+                    "Creating a temporary directory for skopeo in {}",
+                    parent.display()
+                )
             })?;
         let mut cmd = Command::new(path());
         cmd.env("TMPDIR", tmp.path()).stdin(Stdio::null());

@@ -323,11 +323,27 @@ fn hostile_names_values_and_exports_are_refused() {
         &[],
     );
     let nothing_left = |case: &str, name: &str| {
-        for e in std::fs::read_dir(sc.checkouts()).unwrap().flatten() {
+        // A refused install leaves no deployments directory it made, and no lock file.
+        for e in std::fs::read_dir(sc.checkouts())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let f = e.file_name().to_string_lossy().into_owned();
             assert!(
-                f == ".storage" || f == ".locks" || f.starts_with("co-") || !f.contains(name),
+                f == ".storage" || f.starts_with("co-") || !f.contains(name),
                 "{case}: {f} is left in the checkout path"
+            );
+        }
+        for e in std::fs::read_dir("/run/syscont/locks")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let f = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !f.ends_with(&format!("-{name}.lock")),
+                "{case}: the lock {f} is left"
             );
         }
         assert!(

@@ -41,7 +41,8 @@ pub fn busybox_rootfs(root: &Path, run_sh: &str) {
     .unwrap();
 }
 
-/// Builds an image with `syscont build` and pushes it.
+/// Builds an image with `syscont build` from busybox and `exports` (a path ending in `/`
+/// is a directory; content starting with `-> ` makes a symlink to the rest) and pushes it.
 pub fn image(
     work: &Path,
     reg: &Registry,
@@ -53,25 +54,41 @@ pub fn image(
     let dir = work.join(name.replace(':', "_"));
     busybox_rootfs(&dir.join("rootfs"), run_sh);
     for (p, c) in exports {
+        let path = dir.join("exports").join(p);
         if p.ends_with('/') {
-            std::fs::create_dir_all(dir.join("exports").join(p)).unwrap();
+            std::fs::create_dir_all(path).unwrap();
+        } else if let Some(target) = c.strip_prefix("-> ") {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, path).unwrap();
         } else {
-            write(&dir.join("exports").join(p), c);
+            write(&path, c);
         }
     }
+    let exports = (!exports.is_empty()).then(|| dir.join("exports"));
+    build_and_push(reg, &dir.join("rootfs"), exports.as_deref(), name, labels);
+}
+
+/// `syscont build` of `rootfs` (and `exports`) as `name`, pushed to `reg`.
+pub fn build_and_push(
+    reg: &Registry,
+    rootfs: &Path,
+    exports: Option<&Path>,
+    name: &str,
+    labels: &[&str],
+) {
     let mut args: Vec<String> = vec![
         "build".into(),
         "--rootfs".into(),
-        dir.join("rootfs").display().to_string(),
+        rootfs.display().to_string(),
         "--tag".into(),
         name.into(),
         "--push".into(),
         format!("docker://{}/{name}", reg.addr()),
         "--tls-verify=false".into(),
     ];
-    if !exports.is_empty() {
+    if let Some(e) = exports {
         args.push("--exports".into());
-        args.push(dir.join("exports").display().to_string());
+        args.push(e.display().to_string());
     }
     for l in labels {
         args.push("--label".into());
