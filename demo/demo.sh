@@ -85,12 +85,15 @@ install -m 0755 "$WORK/sd-notify" "$WORK/flannel/rootfs/usr/bin/sd-notify"
 install -m 0755 demo/images/flannel/flanneld.sh "$WORK/flannel/rootfs/usr/bin/flanneld.sh"
 
 say "Build the images without a container engine, and push them"
+# A build stores its image too; the demo's builds keep theirs apart from the store it shows.
+export SYSCONT_OSTREE_REPO=$WORK/build-store
 show "$SYSCONT" build --rootfs "$WORK/etcd/rootfs" --exports demo/images/etcd/exports \
     --label atomic.type=system --label summary="etcd key-value store" --expose 2379 \
     --tag etcd:latest --push "docker://127.0.0.1:$PORT/etcd:latest" --tls-verify=false
 show "$SYSCONT" build --rootfs "$WORK/flannel/rootfs" --exports demo/images/flannel/exports \
     --label atomic.type=system --label summary="flannel-style network configuration" \
     --tag flannel:latest --push "docker://127.0.0.1:$PORT/flannel:latest" --tls-verify=false
+unset SYSCONT_OSTREE_REPO
 
 tb_boot
 INSTALLED=1

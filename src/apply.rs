@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::FetchOpts;
 use crate::container::{self, InstallOpts, PreviewInputs, UpdateOpts};
 use crate::deploy::{self, Deployments};
 use crate::output;
 use crate::output::outln;
+use crate::skopeo::FetchOptions;
 use crate::store::{ImageRecord, Store, StoreConfig};
 use crate::systemd::{self, Systemd};
 
@@ -189,13 +189,13 @@ struct Step {
     note: Option<String>,
 }
 
-fn fetch_opts(d: &Defaults) -> FetchOpts {
-    let base = FetchOpts::default();
-    FetchOpts {
-        tls_verify: d.tls_verify,
-        authfile: d.authfile.clone().or(base.authfile.clone()),
-        ..base
+fn fetch_opts(d: &Defaults) -> FetchOptions {
+    let mut f = FetchOptions::from_env();
+    f.registry.tls_verify = d.tls_verify;
+    if d.authfile.is_some() {
+        f.registry.authfile = d.authfile.clone();
     }
+    f
 }
 
 /// Finds the image for `w`: the sources in order, each pulled (unless `offline`) or, when
@@ -205,7 +205,7 @@ fn fetch_opts(d: &Defaults) -> FetchOpts {
 fn resolve_image(
     store: &Store,
     w: &Wanted,
-    fetch: &FetchOpts,
+    fetch: &FetchOptions,
     offline: bool,
 ) -> Result<(Option<ImageRecord>, Option<String>)> {
     let sources = w.sources();
@@ -619,10 +619,59 @@ pub(crate) fn install_dry_run(cfg: &StoreConfig, i: &InstallOpts) -> Result<()> 
         set,
         set_json,
     };
+    // The runtime is checked as the real install checks it.
+    let runtime = crate::runtime::resolve(
+        &i.runtime
+            .clone()
+            .unwrap_or_else(crate::runtime::default_runtime),
+    )?;
+    crate::runtime::check(&runtime)?;
     let deps = Deployments::new(&cfg.checkout_path);
     if deps.is_installed(&name) {
         outln!("{name} already present: install would change nothing.");
         return Ok(());
+    }
+    run_plan(cfg, &Defaults::default(), vec![w], true)
+}
+
+/// `syscont containers update --dry-run`: the plan of the update (the image it would run,
+/// the values, and the unit, config.json and tmpfiles diffs), changing nothing.
+pub(crate) fn update_dry_run(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<()> {
+    deploy::validate_name(name)?;
+    let deps = Deployments::new(&cfg.checkout_path);
+    let slot = deps
+        .active_slot(name)
+        .ok_or_else(|| crate::error::UserError::NotInstalled(name.to_string()))?;
+    let info = deps.read_info(name, slot)?;
+    let mut set = info.set_values();
+    set.extend(container::parse_set(&o.set)?);
+    let mut set_json = info.syscont.set_json.clone();
+    set_json.extend(container::parse_set_json(&o.set_json)?);
+    if let Some(r) = &o.runtime {
+        crate::runtime::check(&crate::runtime::resolve(r)?)?;
+    }
+    let image = o.rebase.clone().unwrap_or_else(|| info.image.clone());
+    let spec = Spec {
+        name: name.to_string(),
+        image: Some(image),
+        fallbacks: Vec::new(),
+        set: set
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+        set_json: BTreeMap::new(),
+        runtime: o.runtime.clone(),
+        start: false,
+        state: State::Present,
+    };
+    let w = Wanted {
+        spec,
+        line: 0,
+        set,
+        set_json,
+    };
+    if o.pull {
+        output::status("note: a dry run does not pull; the plan uses the image in the store");
     }
     run_plan(cfg, &Defaults::default(), vec![w], true)
 }
@@ -774,7 +823,7 @@ fn run_plan(
 fn execute(
     cfg: &StoreConfig,
     defaults: &Defaults,
-    fetch: &FetchOpts,
+    fetch: &FetchOptions,
     probation: Duration,
     step: &Step,
 ) -> Result<()> {

@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::format::Format;
 use crate::output::outln;
+use crate::skopeo::{FetchOptions, RegistryOptions};
 use crate::store::StoreConfig;
 
 /// syscont installs system containers: OCI images stored in OSTree, run by runc under systemd.
@@ -100,7 +102,10 @@ enum Command {
     /// Check what installs need on this host (runtime, skopeo and its image proxy,
     /// libostree, the repository and checkout path, cgroups, systemd over D-Bus, free
     /// space), each with a hint when something is wrong.
-    Doctor,
+    Doctor {
+        #[command(flatten)]
+        format: FormatOpt,
+    },
     /// Mount an image or an installed container's rootfs read-only on a directory.
     ///
     /// An image is checked out by hardlinks first; the mount is a read-only bind mount, so
@@ -184,19 +189,25 @@ struct InstallArgs {
 
 #[derive(Debug, Subcommand)]
 enum ContainersCommand {
-    /// List installed containers (running ones unless --all).
+    /// List installed containers (running ones, and those that need a look, unless --all).
+    ///
+    /// With -q, only the names, whole, one per line. When systemd cannot be reached, the
+    /// containers are listed with the state `unknown` and the command exits with 1.
     List {
         /// Also list containers that are not running.
         #[arg(short, long)]
         all: bool,
-        /// Print JSON.
-        #[arg(long)]
+        /// Print JSON (the same as --format json).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        #[command(flatten)]
+        format: FormatOpt,
         /// Do not truncate columns.
         #[arg(long)]
         no_trunc: bool,
-        /// Show only containers matching KEY=VALUE (container, image, command, state,
-        /// runtime, backend).
+        /// Show only containers matching KEY=VALUE: a field of the JSON output (name or
+        /// container, image, command, state, runtime, backend, id, created), as a
+        /// case-insensitive substring.
         #[arg(short, long = "filter", value_name = "KEY=VALUE")]
         filters: Vec<String>,
     },
@@ -226,6 +237,10 @@ enum ContainersCommand {
         /// changed on the host).
         #[arg(long, conflicts_with = "all")]
         force: bool,
+        /// Print what the update would do (the image, the values, and the unit,
+        /// config.json and tmpfiles diffs) and change nothing.
+        #[arg(long, conflicts_with = "all")]
+        dry_run: bool,
         /// Require the restarted service to stay active this many seconds before the
         /// update counts.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -249,18 +264,50 @@ enum ContainersCommand {
     },
 }
 
-/// Options for fetching images.
+/// `--format`.
 #[derive(Debug, Args, Clone)]
-pub(crate) struct FetchOpts {
+pub(crate) struct FormatOpt {
+    /// Print as `table` (the default), `json` (snake_case fields, RFC 3339 times), or a
+    /// template of the JSON fields such as '{{.name}}\t{{.state}}'.
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<Format>,
+}
+
+impl FormatOpt {
+    fn get(self, json: bool) -> Format {
+        Format::choose(self.format, json)
+    }
+}
+
+/// How to reach registries (the same in every command that talks to one).
+#[derive(Debug, Args, Clone)]
+struct RegistryOpts {
     /// Verify TLS certificates of the registry (false: also allow plain HTTP).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub tls_verify: Option<bool>,
+    tls_verify: Option<bool>,
     /// Read registry credentials from this file, in containers-auth.json(5) format.
     #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
-    pub authfile: Option<PathBuf>,
-    /// Choose this architecture from a multi-architecture image (by default the host's).
-    #[arg(long, value_name = "ARCH")]
-    pub arch: Option<String>,
+    authfile: Option<PathBuf>,
+}
+
+impl From<RegistryOpts> for RegistryOptions {
+    fn from(r: RegistryOpts) -> Self {
+        RegistryOptions {
+            tls_verify: r.tls_verify,
+            authfile: r.authfile,
+        }
+    }
+}
+
+/// Options for fetching images.
+#[derive(Debug, Args, Clone)]
+struct FetchOpts {
+    #[command(flatten)]
+    registry: RegistryOpts,
+    /// Choose this architecture from a multi-architecture image (by default the host's):
+    /// amd64, arm64, arm, ppc64le, s390x, riscv64, …
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    arch: Option<String>,
     /// Give up on a registry that sends nothing for this many seconds.
     #[arg(
         long,
@@ -268,16 +315,21 @@ pub(crate) struct FetchOpts {
         default_value_t = 60,
         env = "SYSCONT_PULL_TIMEOUT"
     )]
-    pub timeout: u64,
+    timeout: u64,
 }
 
-impl Default for FetchOpts {
-    fn default() -> Self {
-        FetchOpts {
-            tls_verify: None,
-            authfile: std::env::var_os("REGISTRY_AUTH_FILE").map(Into::into),
-            arch: None,
-            timeout: 60,
+fn parse_arch(s: &str) -> std::result::Result<String, String> {
+    crate::skopeo::check_arch(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl From<FetchOpts> for FetchOptions {
+    fn from(f: FetchOpts) -> Self {
+        FetchOptions {
+            registry: f.registry.into(),
+            arch: f.arch,
+            timeout: std::time::Duration::from_secs(f.timeout.max(1)),
         }
     }
 }
@@ -298,15 +350,19 @@ enum ImagesCommand {
     List(ImagesListOpts),
     /// Show an image's labels and its template variables.
     Info {
-        /// Name the image, by name or ID prefix.
+        #[command(flatten)]
+        format: FormatOpt,
+        /// Name the image, by name, short name or ID prefix.
         image: String,
     },
     /// Show an image's manifest, configuration and layers.
     Inspect {
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// Print JSON (the same as --format json).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
-        /// Name the image, by name or ID prefix.
+        #[command(flatten)]
+        format: FormatOpt,
+        /// Name the image, by name, short name or ID prefix.
         image: String,
     },
     /// Delete images from the store (their files go with the next prune).
@@ -350,7 +406,9 @@ enum ImagesCommand {
     /// The rootfs becomes one layer and /exports another, with the image's configuration;
     /// the result is reproducible but has its own digest.
     Export {
-        /// Name the image, by name or ID prefix.
+        #[command(flatten)]
+        registry: RegistryOpts,
+        /// Name the image, by name, short name or ID prefix.
         image: String,
         /// Write it here, e.g. oci-archive:/srv/images/etcd.tar.
         dest: String,
@@ -373,19 +431,22 @@ enum ImagesCommand {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct ImagesListOpts {
+struct ImagesListOpts {
     /// Also list layer and config blobs.
     #[arg(short, long)]
-    pub all: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    all: bool,
+    /// Print JSON (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    #[command(flatten)]
+    format: FormatOpt,
     /// Do not truncate IDs and names.
     #[arg(long)]
-    pub no_trunc: bool,
-    /// Show only images matching KEY=VALUE (repo, tag, id, created, size, type).
+    no_trunc: bool,
+    /// Show only images matching KEY=VALUE: a field of the JSON output (repo, tag, id,
+    /// name, created, pulled, size, type), as a case-insensitive substring.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
-    pub filters: Vec<String>,
+    filters: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -424,42 +485,52 @@ struct BuildOpts {
     /// Name the image NAME[:TAG].
     #[arg(long)]
     tag: String,
-    /// Write the image to an OCI layout: oci:DIR[:TAG].
-    #[arg(long, value_name = "oci:DIR[:TAG]", required_unless_present = "push")]
+    /// Also write the image to an OCI layout: oci:DIR[:TAG].
+    #[arg(long, value_name = "oci:DIR[:TAG]")]
     output: Option<String>,
-    /// Push the image with skopeo: docker://REG/REPO:TAG.
+    /// Also push the image with skopeo: docker://REG/REPO:TAG.
     #[arg(long, value_name = "docker://…")]
     push: Option<String>,
-    /// Verify TLS when pushing (false: also allow plain HTTP).
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
-    tls_verify: bool,
-    /// Read registry credentials for the push from this file.
-    #[arg(long, value_name = "FILE")]
-    authfile: Option<PathBuf>,
+    #[command(flatten)]
+    fetch: FetchOpts,
 }
 
 /// The program: parses the arguments, runs the command, prints an error as one line of
 /// context chain, and returns the exit code (see [`crate::error::exit_code`]).
 pub fn main() -> std::process::ExitCode {
-    init_logging();
     let res = run(std::env::args_os());
     match res {
         // Output to a closed pipe ends as a Unix tool killed by SIGPIPE does.
         Ok(()) if crate::output::stdout_closed() => std::process::ExitCode::from(141),
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A container's own non-zero status is not syscont's error: no message.
+            if e.downcast_ref::<crate::error::ContainerExit>().is_none() {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::from(crate::error::exit_code(&e))
         }
     }
 }
 
-/// Sets up logging: warnings by default, `-v`/`RUST_LOG` for more.
-fn init_logging() {
+/// Sets up logging on standard error: warnings by default; `-v` adds what syscont does
+/// step by step (info), `-vv` the commands it runs and its systemd calls (debug).
+/// `$RUST_LOG` (tracing's filter syntax) overrides `-v`. Colour only on a terminal, and
+/// never with `$NO_COLOR` set, so the journal of a unit running syscont gets plain text.
+fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color)
         .without_time()
         .with_target(false)
         .with_writer(std::io::stderr)
@@ -473,13 +544,35 @@ fn split_command(s: Option<String>) -> Option<Vec<String>> {
     })
 }
 
+/// The clap tree with the manual's sections (exit status, environment, files, examples)
+/// attached to every command's `--help`; `syscont-gen` writes the man pages from it.
+pub fn command() -> clap::Command {
+    fn attach(cmd: clap::Command, path: String) -> clap::Command {
+        let mut cmd = cmd.after_long_help(crate::manual::help_text(&path));
+        let subs: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for name in subs {
+            let p = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path} {name}")
+            };
+            cmd = cmd.mut_subcommand(&name, |s| attach(s, p));
+        }
+        cmd
+    }
+    attach(<Opt as clap::CommandFactory>::command(), String::new())
+}
+
 /// Parses the arguments and runs the command.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
-    let opt = Opt::parse_from(args);
+    let matches = command().get_matches_from(args);
+    let opt =
+        <Opt as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let g = &opt.global;
-    if g.verbose > 0 && std::env::var_os("RUST_LOG").is_none() {
-        crate::output::set_verbose(g.verbose);
-    }
+    init_logging(g.verbose);
     crate::output::set_quiet(g.quiet);
     let store = StoreConfig {
         repo: g.repo.clone(),
@@ -509,7 +602,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 rootfs: i.rootfs,
                 runtime: i.runtime,
                 start: i.start,
-                fetch: Some(i.fetch),
+                fetch: Some(i.fetch.into()),
             };
             if i.dry_run {
                 crate::apply::install_dry_run(&store, &o)
@@ -525,9 +618,18 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
             ContainersCommand::List {
                 all,
                 json,
+                format,
                 no_trunc,
                 filters,
-            } => crate::container::list(&store, all, json, no_trunc, &filters),
+            } => crate::container::list(
+                &store,
+                &crate::container::ListOpts {
+                    all,
+                    format: format.get(json),
+                    no_trunc,
+                    filters,
+                },
+            ),
             ContainersCommand::Update {
                 all,
                 set,
@@ -536,6 +638,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 pull,
                 no_rollback,
                 force,
+                dry_run,
                 probation,
                 fetch,
                 name,
@@ -547,12 +650,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                     pull,
                     no_rollback,
                     probation: std::time::Duration::from_secs(probation),
-                    fetch: Some(fetch),
+                    fetch: Some(fetch.into()),
                     replace_values: false,
                     runtime: None,
                     force,
                 };
                 match (all, name) {
+                    (false, Some(n)) if dry_run => crate::apply::update_dry_run(&store, &n, &o),
                     (true, _) => crate::container::update_all(&store, &o),
                     (false, Some(n)) => crate::container::update(&store, &n, &o).map(|_| ()),
                     (false, None) => anyhow::bail!("give a container name or --all"),
@@ -567,14 +671,28 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
             command,
         } => crate::container::run(&store, &target, &command, &set),
         Command::Stop { name } => crate::container::stop(&store, &name),
-        Command::Doctor => crate::doctor::doctor(&store),
+        Command::Doctor { format } => crate::doctor::doctor(&store, &format.get(false)),
         Command::Mount { target, dir } => crate::mount::mount(&store, &target, &dir),
         Command::Umount { dir } => crate::mount::umount(&dir),
-        Command::Pull(p) => crate::pull::pull_cmd(&store, &p.fetch, &p.image),
+        Command::Pull(p) => crate::pull::pull_cmd(&store, &p.fetch.into(), &p.image),
         Command::Images(c) => match c {
-            ImagesCommand::List(o) => crate::images::list(&store, &o),
-            ImagesCommand::Info { image } => crate::images::info(&store, &image),
-            ImagesCommand::Inspect { json, image } => crate::images::inspect(&store, &image, json),
+            ImagesCommand::List(o) => crate::images::list(
+                &store,
+                &crate::images::ListOpts {
+                    all: o.all,
+                    format: o.format.get(o.json),
+                    no_trunc: o.no_trunc,
+                    filters: o.filters,
+                },
+            ),
+            ImagesCommand::Info { format, image } => {
+                crate::images::info(&store, &image, &format.get(false))
+            }
+            ImagesCommand::Inspect {
+                json,
+                format,
+                image,
+            } => crate::images::inspect(&store, &image, &format.get(json)),
             ImagesCommand::Delete { force, images } => {
                 crate::images::delete(&store, &images, force)
             }
@@ -584,11 +702,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 repair,
                 fetch,
                 image,
-            } => crate::images::verify(&store, &image, repair, &fetch),
+            } => crate::images::verify(&store, &image, repair, &fetch.into()),
             ImagesCommand::Checkout { copy, image, dir } => {
                 crate::images::checkout(&store, &image, &dir, copy)
             }
-            ImagesCommand::Export { image, dest } => crate::images::export(&store, &image, &dest),
+            ImagesCommand::Export {
+                registry,
+                image,
+                dest,
+            } => crate::images::export(&store, &image, &dest, &registry.into()),
         },
         Command::Internal(InternalCommand::Recover { after_pid, name }) => {
             crate::deploy::validate_name(&name)?;
@@ -610,11 +732,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
                 tag: b.tag,
                 output: b.output,
                 push: b.push,
-                tls_verify: b.tls_verify,
-                authfile: b.authfile,
+                registry: b.fetch.registry.clone().into(),
             };
-            let r = crate::imagebuild::build(&opts)?;
-            outln!("{}", r.manifest_digest);
+            let digest = crate::images::build(&store, opts, &b.fetch.into())?;
+            outln!("{digest}");
             Ok(())
         }
     }
@@ -636,7 +757,7 @@ mod tests {
             Opt::try_parse_from(["syscont", "pull", "--tls-verify=false", "docker://x/y"]).unwrap();
         match o.command {
             Command::Pull(p) => {
-                assert_eq!(p.fetch.tls_verify, Some(false));
+                assert_eq!(p.fetch.registry.tls_verify, Some(false));
                 assert_eq!(p.image, "docker://x/y");
             }
             _ => panic!("wrong command"),

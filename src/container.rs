@@ -6,13 +6,14 @@
 //! D-Bus only after the files it reads are in place.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::cmdutil::CommandExt;
 use crate::deploy::{self, Deployments, Info};
+use crate::error::{ContainerExit, RunFailed, UserError};
 use crate::exports::{read_export, ExportsManifest};
 use crate::fsutil;
 use crate::hostfs;
@@ -39,24 +40,27 @@ pub(crate) struct InstallOpts {
     pub rootfs: Option<PathBuf>,
     pub runtime: Option<PathBuf>,
     pub start: bool,
-    pub fetch: Option<crate::cli::FetchOpts>,
+    pub fetch: Option<crate::skopeo::FetchOptions>,
 }
 
 /// Parses `KEY=VALUE` arguments (split at the first `=`; later duplicates win).
 pub(crate) fn parse_set(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in args {
-        let (k, v) = a
-            .split_once('=')
-            .ok_or_else(|| anyhow!("Invalid value '{a}'.  Expected form NAME=VALUE"))?;
+        let (k, v) = a.split_once('=').ok_or_else(|| {
+            UserError::Invalid(format!("Invalid value '{a}'.  Expected form NAME=VALUE"))
+        })?;
         if k.is_empty()
             || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             || k.chars().next().is_some_and(|c| c.is_ascii_digit())
         {
-            bail!("invalid variable name {k:?} in --set {a:?}");
+            return Err(
+                UserError::Invalid(format!("invalid variable name {k:?} in --set {a:?}")).into(),
+            );
         }
         out.insert(k.to_string(), v.to_string());
     }
+    templates::check_settable(out.keys())?;
     Ok(out)
 }
 
@@ -214,6 +218,30 @@ pub(crate) fn unit_from_store(
     Ok(Some(unit))
 }
 
+/// Warns about each `--set` value that no template of the image uses: it changes nothing
+/// (a misspelled key, most likely), so say so and list the image's variables.
+fn warn_unused(t: &Target<'_>, used: &BTreeSet<String>, manifest: &ExportsManifest) {
+    let unused: Vec<&String> = t
+        .set
+        .keys()
+        .chain(t.set_json.keys())
+        .filter(|k| !used.contains(*k))
+        .collect();
+    if unused.is_empty() {
+        return;
+    }
+    let mut known: BTreeSet<&str> = used.iter().map(String::as_str).collect();
+    known.extend(manifest.default_values.keys().map(String::as_str));
+    known.retain(|k| !templates::ALWAYS_COMPUTED.contains(k));
+    for k in unused {
+        output::warn(format!(
+            "{k} is not used by any template of {}, so it changes nothing; its variables are: {}",
+            t.img.name,
+            known.iter().copied().collect::<Vec<_>>().join(", ")
+        ));
+    }
+}
+
 /// Renders config, unit, tmpfiles and the host-file plan for a slot whose rootfs exists.
 fn render_slot(
     store: &Store,
@@ -230,15 +258,40 @@ fn render_slot(
     let mode = exec_mode(service_tmpl.as_deref());
     let rv = slot_values(t, &manifest, mode, final_dir);
     let values = rv.values.clone();
+    // Every variable some template of the image uses, to tell a --set that does nothing.
+    let used = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let note_used = |text: &str| {
+        used.borrow_mut()
+            .extend(templates::used_variables(engine, text, &rv));
+    };
+    for t in [&service_tmpl, &tmpfiles_tmpl].into_iter().flatten() {
+        note_used(t);
+    }
+    if service_tmpl.is_none() {
+        used.borrow_mut().extend(templates::used_variables(
+            Engine::Tera,
+            templates::DEFAULT_SERVICE,
+            &rv,
+        ));
+    }
+    for to in manifest.rename_files.values() {
+        note_used(to);
+    }
 
     // config.json: verbatim, rendered, or syscont's default.
     let (config, config_source) = if let Some(c) = read_export(&image, "config.json")? {
         (c, "exports/config.json")
     } else if let Some(tmpl) = read_export(&image, "config.json.template")? {
+        note_used(&tmpl);
         let r = templates::render(engine, &tmpl, "exports/config.json.template", &rv, false)?;
         (r, "exports/config.json.template")
     } else {
         let process = templates::ImageProcess::from_config(&store.config(t.img)?);
+        used.borrow_mut().extend(templates::used_variables(
+            Engine::Tera,
+            templates::DEFAULT_CONFIG,
+            &rv,
+        ));
         (
             templates::default_config(&process, &rv)?,
             "syscont's default config.json",
@@ -309,6 +362,7 @@ fn render_slot(
         renames.insert(from.clone(), to);
     }
     let render_host = |text: &str, dest: &str| -> Result<String> {
+        note_used(text);
         templates::render(engine, text, dest, &rv, false)
     };
     let plan = hostfs::plan(
@@ -317,6 +371,7 @@ fn render_slot(
         &manifest.installed_files_template,
         &render_host,
     )?;
+    warn_unused(t, &used.into_inner(), &manifest);
     if crate::scope::is_user() && !plan.entries.is_empty() {
         let paths: Vec<&str> = plan.entries.keys().map(String::as_str).collect();
         bail!(
@@ -456,11 +511,13 @@ pub(crate) fn preview(store: &Store, p: &PreviewInputs) -> Result<Preview> {
         Some(cur) => (1 - cur, Some(deps.read_info(&p.name, cur)?)),
         None => (0, None),
     };
+    // The runtime is checked as the real run checks it.
     let runtime = match (&p.runtime, &old) {
         (Some(r), _) => runtime::resolve(r)?,
         (None, Some(o)) => PathBuf::from(&o.runtime),
         (None, None) => runtime::resolve(&runtime::default_runtime())?,
     };
+    runtime::check(&runtime)?;
     let target = Target {
         name: &p.name,
         img: &img,
@@ -592,7 +649,7 @@ fn clean_leftovers(deps: &Deployments, name: &str) -> Result<()> {
 fn image_for(
     store: &Store,
     image: &str,
-    fetch: Option<&crate::cli::FetchOpts>,
+    fetch: Option<&crate::skopeo::FetchOptions>,
     pull: bool,
 ) -> Result<ImageRecord> {
     if !pull {
@@ -604,7 +661,7 @@ fn image_for(
     let fetch = match fetch {
         Some(f) => f,
         None => {
-            default_fetch = crate::cli::FetchOpts::default();
+            default_fetch = crate::skopeo::FetchOptions::from_env();
             &default_fetch
         }
     };
@@ -656,18 +713,53 @@ fn install_named(
     let name = name.to_string();
     let _lock = lock_container(deps, &name)?;
     if deps.is_installed(&name) {
+        let info = deps.read_info(&name, deps.active_slot(&name).expect("installed"))?;
+        let installed = info.set_values();
+        let other_values: Vec<&String> = set
+            .iter()
+            .filter(|(k, v)| installed.get(*k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
+        let other_runtime = o
+            .runtime
+            .as_ref()
+            .is_some_and(|r| runtime::resolve(r).ok().as_deref() != Some(Path::new(&info.runtime)));
+        if img.id() != info.revision || !other_values.is_empty() || other_runtime {
+            // Atomic said `already present` and succeeded, whatever was asked; a request for
+            // something else must not pass as done.
+            let mut what = Vec::new();
+            if img.id() != info.revision {
+                what.push(format!(
+                    "it runs {} ({}), not {} ({})",
+                    info.image,
+                    &info.revision[..info.revision.len().min(12)],
+                    img.name,
+                    &img.id()[..12]
+                ));
+            }
+            if !other_values.is_empty() {
+                let keys: Vec<&str> = other_values.iter().map(|k| k.as_str()).collect();
+                what.push(format!("with other values for {}", keys.join(", ")));
+            }
+            if other_runtime {
+                what.push(format!("with the runtime {}", info.runtime));
+            }
+            return Err(UserError::Invalid(format!(
+                "{name} already present, but {}; to change it use `syscont containers update \
+                 --rebase IMAGE --set KEY=VALUE {name}`, or choose another --name",
+                what.join(" and ")
+            ))
+            .into());
+        }
         outln!("{name} already present");
         // `--start` still means the service runs afterwards (also after an install that
         // was interrupted between its last file and the start).
-        if o.start {
-            let info = deps.read_info(&name, deps.active_slot(&name).expect("installed"))?;
-            if info.has_container_service {
-                let sd = Systemd::connect()?;
-                let st = sd.unit_state(&unit_name(&name))?;
-                if st.active_state != "active" {
-                    sd.start(&unit_name(&name), JOB_TIMEOUT)?;
-                    output::status(format!("Started {}.", unit_name(&name)));
-                }
+        if o.start && info.has_container_service {
+            let sd = Systemd::connect()?;
+            let st = sd.unit_state(&unit_name(&name))?;
+            if st.active_state != "active" {
+                sd.start(&unit_name(&name), JOB_TIMEOUT)?;
+                output::status(format!("Started {}.", unit_name(&name)));
             }
         }
         return Ok(());
@@ -696,10 +788,10 @@ fn install_named(
         uuid: None,
         remote: o.rootfs.as_ref().map(|p| p.display().to_string()),
     };
-    output::status(format!(
-        "Extracting to {}",
-        deps.slot_dir(&name, 0).display()
-    ));
+    // Atomic's line, on standard output where its users' scripts read it.
+    if !output::quiet() {
+        outln!("Extracting to {}", deps.slot_dir(&name, 0).display());
+    }
     if crate::scope::is_user() && target.remote.is_none() {
         // A rootless checkout belongs to the caller: other owners cannot be kept.
         let _lock = store.lock()?;
@@ -790,7 +882,7 @@ pub(crate) fn uninstall(cfg: &StoreConfig, name: &str) -> Result<()> {
         .map(|s| s.starts_with(UNIT_MARKER))
         .unwrap_or(false);
     if slot.is_none() && !has_leftovers && !unit_ours {
-        bail!("container {name} is not installed");
+        return Err(UserError::NotInstalled(name.to_string()).into());
     }
     let info = slot.and_then(|s| deps.read_info(name, s).ok());
     let sd = Systemd::connect()?;
@@ -851,7 +943,7 @@ pub(crate) fn run_once(
     let base = deps.root.join(format!(".run-{id}"));
     let _ = remove_tree(&base);
     std::fs::create_dir_all(&base)?;
-    let res = (|| -> Result<i32> {
+    let res = (|| -> Result<u8> {
         crate::checkout::checkout_image(store, img, &base.join("rootfs"))?;
         let target = Target {
             name,
@@ -886,19 +978,19 @@ pub(crate) fn run_once(
         }
         use std::io::IsTerminal;
         config["process"]["terminal"] = serde_json::json!(std::io::stdin().is_terminal());
-        fsutil::atomic_write(
-            &base.join("config.json"),
-            serde_json::to_string_pretty(&config)?.as_bytes(),
-            0o644,
-        )?;
+        let mut text = serde_json::to_string_pretty(&config)?;
+        // A user's one-off run is rootless, as a user's installed container is.
+        if crate::scope::is_user() {
+            text = templates::make_rootless(&text)?;
+        }
+        fsutil::atomic_write(&base.join("config.json"), text.as_bytes(), 0o644)?;
         runtime::run_bundle(runtime, &base, &id)
     })();
     let _ = remove_tree(&base);
-    let code = res?;
-    if code != 0 {
-        bail!("{name} exited with status {code}");
+    match res? {
+        0 => Ok(()),
+        code => Err(ContainerExit(code).into()),
     }
-    Ok(())
 }
 
 /// Renders just the config for a one-off run (run-once images may have a writable root).
@@ -934,27 +1026,35 @@ fn render_slot_lenient(store: &Store, t: &Target<'_>, dir: &Path) -> Result<Stri
     templates::default_config(&process, &rv)
 }
 
-/// One row of `containers list`.
+/// One row of `containers list` (its JSON is the same, field for field).
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct ContainerRow {
+    /// The image ID (manifest digest without `sha256:`).
     pub id: String,
     pub image: String,
     pub name: String,
     pub command: String,
-    pub created: u64,
+    /// When this deployment was made (RFC 3339).
+    pub created: String,
+    /// `running`, `inactive`, `failed`, `activating`, …, `no service`, `switching`,
+    /// `interrupted`, or `unknown` when systemd cannot be asked.
     pub state: String,
     pub backend: String,
     pub runtime: String,
 }
 
-/// `syscont containers list`.
-pub(crate) fn list(
-    cfg: &StoreConfig,
-    all: bool,
-    json: bool,
-    no_trunc: bool,
-    filters: &[String],
-) -> Result<()> {
+/// Options of `syscont containers list`.
+#[derive(Debug, Clone)]
+pub(crate) struct ListOpts {
+    pub all: bool,
+    pub format: crate::format::Format,
+    pub no_trunc: bool,
+    pub filters: Vec<String>,
+}
+
+/// `syscont containers list`. When systemd cannot be reached, the containers are listed
+/// with the state `unknown` and the command fails afterwards.
+pub(crate) fn list(cfg: &StoreConfig, o: &ListOpts) -> Result<()> {
     let deps = Deployments::new(&cfg.checkout_path);
     let names = deps.names()?;
     let mut infos = Vec::new();
@@ -967,10 +1067,14 @@ pub(crate) fn list(
     }
     let units: Vec<String> = infos.iter().map(|(n, _, _)| unit_name(n)).collect();
     let unit_refs: Vec<&str> = units.iter().map(String::as_str).collect();
-    let states = if unit_refs.is_empty() {
-        Default::default()
+    // One D-Bus call for every unit.
+    let (states, unreachable) = if unit_refs.is_empty() {
+        (Default::default(), None)
     } else {
-        Systemd::connect()?.unit_states(&unit_refs)?
+        match Systemd::connect().and_then(|sd| sd.unit_states(&unit_refs)) {
+            Ok(s) => (s, None),
+            Err(e) => (Default::default(), Some(e)),
+        }
     };
     let mut rows = Vec::new();
     for (n, s, info) in infos {
@@ -985,6 +1089,8 @@ pub(crate) fn list(
             sw.to_string()
         } else if !info.has_container_service {
             "no service".to_string()
+        } else if unreachable.is_some() {
+            "unknown".to_string()
         } else {
             match states.get(&unit_name(&n)) {
                 Some(st) if st.active_state == "active" => "running".into(),
@@ -1009,61 +1115,56 @@ pub(crate) fn list(
             },
             name: n,
             command,
-            created: info.created,
+            created: crate::format::rfc3339(info.created),
             state,
             backend: "ostree".into(),
             runtime: info.runtime.clone(),
         });
     }
-    // A container in the middle of a switch shows without --all too.
-    rows.retain(|r| all || matches!(r.state.as_str(), "running" | "switching" | "interrupted"));
-    for f in filters {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| anyhow!("invalid filter {f:?}: expected KEY=VALUE"))?;
-        let v = v.to_lowercase();
-        rows.retain(|r| {
-            let field = match k {
-                "container" | "name" => &r.name,
-                "image" => &r.image,
-                "command" => &r.command,
-                "state" => &r.state,
-                "runtime" => &r.runtime,
-                "backend" => &r.backend,
-                "id" => &r.id,
-                _ => return true,
-            };
-            field.to_lowercase().contains(&v)
-        });
+    // Without --all: what runs, or needs a look (a switch, an unknown state).
+    rows.retain(|r| {
+        o.all
+            || matches!(
+                r.state.as_str(),
+                "running" | "switching" | "interrupted" | "unknown"
+            )
+    });
+    let rows = crate::format::filter_rows(rows, &o.filters, &[("container", "name")])?;
+    print_containers(&rows, o)?;
+    match unreachable {
+        None => Ok(()),
+        Some(e) => Err(e.context("the states of the containers are unknown")),
     }
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    let t = !no_trunc;
-    if output::quiet() {
-        for r in &rows {
-            outln!("{}", trunc(&r.name, 10, t));
+}
+
+fn print_containers(rows: &[ContainerRow], o: &ListOpts) -> Result<()> {
+    let t = !o.no_trunc;
+    if output::quiet() && o.format == crate::format::Format::Table {
+        // Whole names, one per line: `containers list -q | xargs syscont uninstall`.
+        for r in rows {
+            outln!("{}", r.name);
         }
         return Ok(());
     }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                trunc(&r.id, 12, t),
-                trunc(&r.image, 20, t),
-                trunc(&r.name, 10, t),
-                trunc(&r.command, 10, t),
-                crate::output::date(r.created),
-                r.state.clone(),
-                r.backend.clone(),
-                trunc(&r.runtime, 10, t),
-            ]
-        })
-        .collect();
-    out!(
-        "{}",
+    let table = |rows: &[ContainerRow]| {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                // Atomic's truncation: id 12, image 20, name 10, command 10, runtime 10.
+                vec![
+                    trunc(&r.id, 12, t),
+                    trunc(&r.image, 20, t),
+                    trunc(&r.name, 10, t),
+                    trunc(&r.command, 10, t),
+                    crate::format::parse_rfc3339(&r.created)
+                        .map(crate::format::table_date)
+                        .unwrap_or_default(),
+                    r.state.clone(),
+                    r.backend.clone(),
+                    trunc(&r.runtime, 10, t),
+                ]
+            })
+            .collect();
         output::table(
             &[
                 "CONTAINER ID",
@@ -1073,30 +1174,49 @@ pub(crate) fn list(
                 "CREATED",
                 "STATE",
                 "BACKEND",
-                "RUNTIME"
+                "RUNTIME",
             ],
-            &table
+            &cells,
         )
-    );
-    Ok(())
+    };
+    crate::format::print_rows(&o.format, rows, table)
 }
 
-/// `syscont run NAME [CMD…]` for an installed container, or `syscont run IMAGE [CMD…]`.
+/// `syscont run NAME` starts the service; `syscont run NAME CMD…` and `syscont run IMAGE
+/// [CMD…]` run a container in the foreground and end with its exit status
+/// ([`ContainerExit`]), while a failure of syscont itself is [`RunFailed`] (125).
 pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String]) -> Result<()> {
     let deps = Deployments::new(&cfg.checkout_path);
-    if deploy::validate_name(target).is_ok() && deps.is_installed(target) {
+    let installed = deploy::validate_name(target).is_ok() && deps.is_installed(target);
+    if installed && cmd.is_empty() {
+        return start(cfg, target);
+    }
+    run_foreground(cfg, &deps, installed, target, cmd, set).map_err(|e| {
+        if e.downcast_ref::<ContainerExit>().is_some() {
+            e
+        } else {
+            RunFailed(e).into()
+        }
+    })
+}
+
+fn run_foreground(
+    cfg: &StoreConfig,
+    deps: &Deployments,
+    installed: bool,
+    target: &str,
+    cmd: &[String],
+    set: &[String],
+) -> Result<()> {
+    if installed {
         let slot = deps.active_slot(target).expect("installed");
         let info = deps.read_info(target, slot)?;
-        if cmd.is_empty() {
-            return start(cfg, target);
-        }
         let runtime = PathBuf::from(&info.runtime);
         if runtime::is_running(&runtime, target) {
-            let code = runtime::exec_in(&runtime, target, cmd)?;
-            if code != 0 {
-                bail!("the command exited with status {code}");
-            }
-            return Ok(());
+            return match runtime::exec_in(&runtime, target, cmd)? {
+                0 => Ok(()),
+                code => Err(ContainerExit(code).into()),
+            };
         }
         // Stopped: a one-off run in the deployment, under its own container ID.
         let dir = deps.slot_dir(target, slot);
@@ -1104,7 +1224,7 @@ pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String
         let bundle = deps.root.join(format!(".{id}"));
         let _ = remove_tree(&bundle);
         std::fs::create_dir_all(&bundle)?;
-        let res = (|| -> Result<i32> {
+        let res = (|| -> Result<u8> {
             let mut config: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
             config["process"]["args"] = serde_json::json!(cmd);
@@ -1120,11 +1240,10 @@ pub(crate) fn run(cfg: &StoreConfig, target: &str, cmd: &[String], set: &[String
             runtime::run_bundle(&runtime, &bundle, &id)
         })();
         let _ = remove_tree(&bundle);
-        let code = res?;
-        if code != 0 {
-            bail!("the command exited with status {code}");
-        }
-        return Ok(());
+        return match res? {
+            0 => Ok(()),
+            code => Err(ContainerExit(code).into()),
+        };
     }
     let store = Store::open_or_create(cfg)?;
     let img = image_for(&store, target, None, false)?;
@@ -1146,7 +1265,7 @@ pub(crate) fn start(cfg: &StoreConfig, name: &str) -> Result<()> {
     deploy::validate_name(name)?;
     let deps = Deployments::new(&cfg.checkout_path);
     if !deps.is_installed(name) {
-        bail!("container {name} is not installed");
+        return Err(UserError::NotInstalled(name.to_string()).into());
     }
     let _lock = lock_container(&deps, name)?;
     Systemd::connect()?.start(&unit_name(name), JOB_TIMEOUT)?;
@@ -1159,7 +1278,7 @@ pub(crate) fn stop(cfg: &StoreConfig, name: &str) -> Result<()> {
     deploy::validate_name(name)?;
     let deps = Deployments::new(&cfg.checkout_path);
     if !deps.is_installed(name) {
-        bail!("container {name} is not installed");
+        return Err(UserError::NotInstalled(name.to_string()).into());
     }
     let _lock = lock_container(&deps, name)?;
     Systemd::connect()?.stop(&unit_name(name), JOB_TIMEOUT)?;
@@ -1176,7 +1295,7 @@ pub(crate) struct UpdateOpts {
     pub pull: bool,
     pub no_rollback: bool,
     pub probation: Duration,
-    pub fetch: Option<crate::cli::FetchOpts>,
+    pub fetch: Option<crate::skopeo::FetchOptions>,
     /// The values given are all the values (`apply`): earlier `--set` values are dropped.
     pub replace_values: bool,
     /// A new runtime (`apply`); `None` keeps the installed one.
@@ -1229,7 +1348,7 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
     let _lock = lock_container(&deps, name)?;
     let cur = deps
         .active_slot(name)
-        .ok_or_else(|| anyhow!("System container '{name}' is not installed"))?;
+        .ok_or_else(|| UserError::NotInstalled(name.to_string()))?;
     let old = deps.read_info(name, cur)?;
     let next = 1 - cur;
     let image_arg = o.rebase.clone().unwrap_or_else(|| old.image.clone());
@@ -1271,10 +1390,9 @@ pub(crate) fn update(cfg: &StoreConfig, name: &str, o: &UpdateOpts) -> Result<Up
         remote: old.remote.clone(),
     };
     // The other slot is rebuilt from scratch (never a union over a stale tree).
-    output::status(format!(
-        "Extracting to {}",
-        deps.slot_dir(name, next).display()
-    ));
+    if !output::quiet() {
+        outln!("Extracting to {}", deps.slot_dir(name, next).display());
+    }
     let rendered = build_slot(&store, &deps, &target, next)?;
     crate::failpoint::hit("update.slot-built");
     let mut new_info = rendered.info.clone();
@@ -1357,7 +1475,7 @@ pub(crate) fn rollback(cfg: &StoreConfig, name: &str) -> Result<()> {
     let _lock = lock_container(&deps, name)?;
     let cur = deps
         .active_slot(name)
-        .ok_or_else(|| anyhow!("System container '{name}' is not installed"))?;
+        .ok_or_else(|| UserError::NotInstalled(name.to_string()))?;
     let other = 1 - cur;
     let dir = deps.slot_dir(name, other);
     if !dir.join("info").is_file() {

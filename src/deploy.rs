@@ -11,10 +11,11 @@
 //! CHECKOUT/NAME.0/tmpfiles-NAME.conf  copy of the tmpfiles snippet
 //! ```
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::error::UserError;
 use crate::fsutil::{self, Lock};
 
 /// Checks a container name: it becomes a unit name, a path component and a word in
@@ -31,17 +32,18 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')))
     {
-        return Err(anyhow!(
+        return Err(UserError::Invalid(format!(
             "invalid container name {name:?}: the character {c:?} is not allowed (use letters, \
              digits, '.', '_', '-' and '@')"
-        ));
+        ))
+        .into());
     } else if name.ends_with(".service") {
         Some("it ends in .service (give the name without the suffix)")
     } else {
         None
     };
     match why {
-        Some(w) => bail!("invalid container name {name:?}: {w}"),
+        Some(w) => Err(UserError::Invalid(format!("invalid container name {name:?}: {w}")).into()),
         None => Ok(()),
     }
 }

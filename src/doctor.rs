@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use crate::cmdutil::CommandExt;
 use crate::output;
-use crate::output::{out, outln};
 use crate::store::{self, StoreConfig};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 enum Status {
     Ok,
-    Warn,
-    Fail,
+    Warning,
+    Failed,
 }
 
-/// One check's verdict.
+/// One check's verdict (its JSON is the same, field for field).
+#[derive(Debug, serde::Serialize)]
 struct Check {
+    #[serde(rename = "check")]
     what: &'static str,
     status: Status,
     detail: String,
@@ -49,7 +51,7 @@ fn runtime_check() -> Check {
         Ok((p, v)) => ok("runtime", format!("{} ({v})", p.display())),
         Err(e) => bad(
             "runtime",
-            Status::Fail,
+            Status::Failed,
             format!("{e:#}"),
             "install runc (apt install runc) or point SYSCONT_RUNTIME / --runtime at crun",
         ),
@@ -63,7 +65,7 @@ fn skopeo_check() -> Vec<Check> {
         Err(e) => {
             return vec![bad(
                 "skopeo",
-                Status::Fail,
+                Status::Failed,
                 format!("{e:#}"),
                 "install skopeo (apt install skopeo); syscont pulls through it",
             )]
@@ -83,7 +85,7 @@ fn skopeo_check() -> Vec<Check> {
         ),
         Err(e) => bad(
             "skopeo image proxy",
-            Status::Fail,
+            Status::Failed,
             format!("{e:#}"),
             "syscont needs skopeo 1.6 or later (experimental-image-proxy, protocol 0.2.3)",
         ),
@@ -97,7 +99,7 @@ fn libostree_check() -> Check {
     } else {
         bad(
             "libostree",
-            Status::Fail,
+            Status::Failed,
             "older than 2022.7",
             "install libostree-1-1 from Debian 12 or later",
         )
@@ -120,7 +122,7 @@ fn repo_check(cfg: &StoreConfig) -> Vec<Check> {
                 if s.user_mode != want_user {
                     out.push(bad(
                         "repository",
-                        Status::Warn,
+                        Status::Warning,
                         format!("{} is {mode}", path.display()),
                         "root uses a bare repository (owners, setuid bits, devices); give --repo one",
                     ));
@@ -130,7 +132,7 @@ fn repo_check(cfg: &StoreConfig) -> Vec<Check> {
             }
             Err(e) => out.push(bad(
                 "repository",
-                Status::Fail,
+                Status::Failed,
                 format!("{e:#}"),
                 "check the path and its permissions, or give another one with --repo",
             )),
@@ -161,7 +163,7 @@ fn repo_check(cfg: &StoreConfig) -> Vec<Check> {
             } else {
                 out.push(bad(
                     "checkout path",
-                    Status::Fail,
+                    Status::Failed,
                     format!(
                         "{} and {} are on different filesystems",
                         cfg.checkout_path.display(),
@@ -173,7 +175,7 @@ fn repo_check(cfg: &StoreConfig) -> Vec<Check> {
         }
         _ => out.push(bad(
             "checkout path",
-            Status::Warn,
+            Status::Warning,
             format!("cannot stat {} or {}", a.display(), b.display()),
             "create the directories",
         )),
@@ -188,7 +190,7 @@ fn repo_check(cfg: &StoreConfig) -> Vec<Check> {
             out.push(if free < 1 << 30 && what.contains("store") {
                 bad(
                     what,
-                    Status::Warn,
+                    Status::Warning,
                     detail,
                     "images and checkouts need room: free some, or run syscont images prune",
                 )
@@ -210,7 +212,7 @@ fn cgroup_check() -> Check {
         Ok(_) => ok("cgroups", "legacy (v1)"),
         Err(e) => bad(
             "cgroups",
-            Status::Fail,
+            Status::Failed,
             format!("/sys/fs/cgroup: {e}"),
             "mount the cgroup filesystem (systemd does at boot)",
         ),
@@ -222,7 +224,7 @@ fn systemd_check() -> Check {
         Ok(v) => ok("systemd", format!("reachable over D-Bus, version {v}")),
         Err(e) => bad(
             "systemd",
-            Status::Fail,
+            Status::Failed,
             format!("{e:#}"),
             "syscont registers units with systemd over the system bus: run it where systemd is PID 1",
         ),
@@ -230,34 +232,34 @@ fn systemd_check() -> Check {
 }
 
 /// `syscont doctor`. Fails when a check fails; warnings alone do not fail.
-pub(crate) fn doctor(cfg: &StoreConfig) -> Result<()> {
+pub(crate) fn doctor(cfg: &StoreConfig, format: &crate::format::Format) -> Result<()> {
     let mut checks = vec![runtime_check()];
     checks.extend(skopeo_check());
     checks.push(libostree_check());
     checks.extend(repo_check(cfg));
     checks.push(cgroup_check());
     checks.push(systemd_check());
-    let rows: Vec<Vec<String>> = checks
-        .iter()
-        .map(|c| {
-            let s = match c.status {
-                Status::Ok => "ok",
-                Status::Warn => "warning",
-                Status::Fail => "FAILED",
-            };
-            vec![c.what.to_string(), s.to_string(), c.detail.clone()]
-        })
-        .collect();
-    out!("{}", output::table(&["CHECK", "STATUS", "DETAIL"], &rows));
-    let mut failed = 0;
-    for c in &checks {
-        if let Some(h) = &c.hint {
-            outln!("{}: {h}", c.what);
+    crate::format::print_rows(format, &checks, |checks| {
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|c| {
+                let s = match c.status {
+                    Status::Ok => "ok",
+                    Status::Warning => "warning",
+                    Status::Failed => "FAILED",
+                };
+                vec![c.what.to_string(), s.to_string(), c.detail.clone()]
+            })
+            .collect();
+        let mut text = output::table(&["CHECK", "STATUS", "DETAIL"], &rows);
+        for c in checks {
+            if let Some(h) = &c.hint {
+                text.push_str(&format!("{}: {h}\n", c.what));
+            }
         }
-        if c.status == Status::Fail {
-            failed += 1;
-        }
-    }
+        text
+    })?;
+    let failed = checks.iter().filter(|c| c.status == Status::Failed).count();
     if failed > 0 {
         bail!("{failed} check(s) failed");
     }

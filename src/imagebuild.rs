@@ -22,8 +22,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::cmdutil::CommandExt;
-
 /// Everything `syscont build` takes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BuildOptions {
@@ -53,17 +51,19 @@ pub(crate) struct BuildOptions {
     pub output: Option<String>,
     /// `docker://…` to push to with skopeo.
     pub push: Option<String>,
-    /// `false` to push over plain HTTP / without TLS verification.
-    pub tls_verify: bool,
-    /// `--authfile` for the push.
-    pub authfile: Option<PathBuf>,
+    /// How to reach registries, for `from` and `push`.
+    pub registry: crate::skopeo::RegistryOptions,
 }
 
 /// What a build produced.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct BuildResult {
     /// `sha256:…` of the manifest.
     pub manifest_digest: String,
+    /// The image in skopeo's syntax (`oci:DIR:REF`), valid as long as this result lives
+    /// (the layout is temporary without `--output`).
+    pub layout_ref: String,
+    _temp: Option<tempfile::TempDir>,
 }
 
 /// The layer mtime and config `created` time when `$SOURCE_DATE_EPOCH` is not set.
@@ -109,22 +109,21 @@ fn build_at(opts: &BuildOptions, epoch: u64) -> Result<BuildResult> {
             let (dir, tag) = parse_output(output)?;
             (dir, tag.unwrap_or_else(|| default_tag(&opts.tag)))
         }
-        None if push_dest.is_some() => {
+        None => {
             let tmp = tempfile::Builder::new()
                 .prefix("syscont-build-")
-                .tempdir()
-                .context("Creating a temporary OCI layout for the push")?;
+                .tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into()))
+                .context("Creating a temporary OCI layout")?;
             let dir = tmp.path().to_owned();
             _temp_output = Some(tmp);
             (dir, default_tag(&opts.tag))
         }
-        None => bail!("syscont build needs --output oci:DIR[:TAG] or --push docker://…"),
     };
     let layout = Layout::open_or_create(&layout_dir)?;
 
     let base = match &opts.from {
         Some(from) => Some(
-            BaseImage::fetch(from, opts.tls_verify, opts.authfile.as_deref())
+            BaseImage::fetch(from, &opts.registry)
                 .with_context(|| format!("Fetching the base image {from}"))?,
         ),
         None => None,
@@ -187,7 +186,11 @@ fn build_at(opts: &BuildOptions, epoch: u64) -> Result<BuildResult> {
     if let Some(dest) = push_dest {
         push_image(&layout_dir, &ref_name, dest, opts, &manifest_digest)?;
     }
-    Ok(BuildResult { manifest_digest })
+    Ok(BuildResult {
+        manifest_digest,
+        layout_ref: format!("oci:{}:{ref_name}", layout_dir.display()),
+        _temp: _temp_output,
+    })
 }
 
 /// Fails unless `path` is an existing directory; `what` names the option.
@@ -337,28 +340,6 @@ fn host_architecture() -> &'static str {
     }
 }
 
-/// Formats seconds since the epoch as RFC 3339 UTC (`2023-11-14T22:13:20Z`).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian, eras of 400 years).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
 /// An OCI descriptor.
 fn descriptor(media_type: &str, digest: &str, size: u64) -> Value {
     json!({ "mediaType": media_type, "digest": digest, "size": size })
@@ -400,7 +381,7 @@ fn make_config(
     created_by: &[&str],
     epoch: u64,
 ) -> Value {
-    let created = rfc3339(epoch);
+    let created = crate::format::rfc3339(epoch);
     let mut cfg: Map<String, Value> = base
         .and_then(|b| b.get("config"))
         .and_then(Value::as_object)
@@ -919,7 +900,7 @@ struct BaseImage {
 
 impl BaseImage {
     /// Copies `from` (any skopeo reference; a bare name means `docker://`) with skopeo.
-    fn fetch(from: &str, tls_verify: bool, authfile: Option<&Path>) -> Result<Self> {
+    fn fetch(from: &str, registry: &crate::skopeo::RegistryOptions) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("syscont-base-")
             .tempdir()
@@ -927,15 +908,10 @@ impl BaseImage {
         let mut cmd = crate::skopeo::Skopeo::new()?;
         // Quiet: `syscont build` prints only the digest on stdout.
         cmd.args(["copy", "--quiet"]);
-        if !tls_verify {
-            cmd.arg("--src-tls-verify=false");
-        }
-        if let Some(authfile) = authfile {
-            cmd.arg("--src-authfile").arg(authfile);
-        }
+        registry.src_args(&mut cmd);
         cmd.arg(skopeo_source(from))
             .arg(format!("oci:{}:{BASE_TAG}", dir.path().display()));
-        cmd.run_checked()?;
+        cmd.run(&format!("Copying {from}"))?;
 
         let blobs = dir.path().join("blobs").join("sha256");
         let index_path = dir.path().join("index.json");
@@ -1037,18 +1013,12 @@ fn push_image(
         .context("Creating a temporary file for the pushed digest")?;
     let mut cmd = crate::skopeo::Skopeo::new()?;
     cmd.args(["copy", "--quiet"]);
-    if !opts.tls_verify {
-        cmd.arg("--dest-tls-verify=false");
-    }
-    if let Some(authfile) = &opts.authfile {
-        cmd.arg("--authfile").arg(authfile);
-    }
+    opts.registry.dest_args(&mut cmd);
     cmd.arg("--digestfile")
         .arg(digestfile.path())
         .arg(format!("oci:{}:{ref_name}", layout_dir.display()))
         .arg(dest);
-    cmd.run_checked()
-        .with_context(|| format!("Pushing the image to {dest}"))?;
+    cmd.run(&format!("Pushing the image to {dest}"))?;
     let pushed = fs::read_to_string(digestfile.path()).unwrap_or_default();
     if pushed.trim() != manifest_digest {
         tracing::warn!(
@@ -1062,6 +1032,7 @@ fn push_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmdutil::CommandExt;
     use flate2::read::GzDecoder;
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::fs::symlink;
@@ -1175,7 +1146,7 @@ mod tests {
             volumes: vec!["/var/lib/app".into()],
             tag: "example/app:1.0".into(),
             output: Some(output),
-            tls_verify: true,
+            registry: Default::default(),
             ..Default::default()
         }
     }
@@ -1569,7 +1540,7 @@ mod tests {
             cmd: Some(vec!["/bin/base".into()]),
             tag: "a".into(),
             output: Some(format!("oci:{}:a", dir_a.display())),
-            tls_verify: true,
+            registry: Default::default(),
             ..Default::default()
         };
         build_at(&a, DEFAULT_EPOCH).unwrap();
@@ -1580,7 +1551,7 @@ mod tests {
             labels: vec!["b=2".into(), "shared=b".into()],
             tag: "b".into(),
             output: Some(format!("oci:{}:b", dir_b.display())),
-            tls_verify: true,
+            registry: Default::default(),
             ..Default::default()
         };
         build_at(&b, DEFAULT_EPOCH).unwrap();
@@ -1680,7 +1651,10 @@ mod tests {
             labels: vec!["pushed=yes".into()],
             tag: "x:1".into(),
             push: Some(dest.clone()),
-            tls_verify: false,
+            registry: crate::skopeo::RegistryOptions {
+                tls_verify: Some(false),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let r = build_at(&opts, DEFAULT_EPOCH).unwrap();
@@ -1746,9 +1720,12 @@ mod tests {
 
     #[test]
     fn small_helpers() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(DEFAULT_EPOCH), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(crate::format::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            crate::format::rfc3339(DEFAULT_EPOCH),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(crate::format::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(default_tag("app"), "latest");
         assert_eq!(default_tag("app:1.0"), "1.0");
         assert_eq!(default_tag("localhost:5000/app"), "latest");

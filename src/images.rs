@@ -3,13 +3,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::cmdutil::CommandExt;
-
-use crate::cli::ImagesListOpts;
+use crate::output::outln;
 use crate::output::{self, human_size, trunc};
-use crate::output::{out, outln};
 use crate::pull::in_transaction;
 use crate::reference::{self, ImageReference};
 use crate::store::{ImageRecord, Store, StoreConfig, REF_PREFIX};
@@ -24,10 +21,6 @@ fn repo_and_tag(name: &str) -> (String, String) {
         Some(i) if !name[i..].contains('/') => (name[..i].to_string(), name[i + 1..].to_string()),
         _ => (name.to_string(), "latest".to_string()),
     }
-}
-
-fn created_string(secs: u64) -> String {
-    crate::output::date(secs)
 }
 
 /// Images used by installed containers: their IDs, from each deployment's `info`.
@@ -64,45 +57,37 @@ pub(crate) fn used_image_ids(checkout_path: &Path) -> BTreeMap<String, Vec<Strin
     out
 }
 
+/// One row of `images list` (its JSON is the same, field for field).
 #[derive(Debug, serde::Serialize)]
 struct ListRow {
     repo: String,
     tag: String,
+    /// The image ID (manifest digest without `sha256:`), or a blob's digest with --all.
     id: String,
+    /// The full store name (`<none>` rows: empty).
+    name: String,
+    /// When the image was built (its config's `created`), RFC 3339; else when pulled.
     created: String,
+    /// When it was pulled into this store, RFC 3339.
+    pulled: String,
     virtual_size: u64,
     #[serde(rename = "type")]
     type_: String,
+    /// Whether an installed container uses it.
     used: bool,
-    name: String,
 }
 
-fn matches_filters(row: &ListRow, filters: &[String]) -> Result<bool> {
-    for f in filters {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| anyhow!("invalid filter {f:?}: expected KEY=VALUE"))?;
-        let v = v.to_lowercase();
-        let field = match k.to_lowercase().as_str() {
-            "repo" | "repository" => row.repo.clone(),
-            "tag" => row.tag.clone(),
-            "id" | "image" => row.id.clone(),
-            "created" => row.created.clone(),
-            "size" => row.virtual_size.to_string(),
-            "type" => row.type_.clone(),
-            other => {
-                bail!("unknown filter key {other:?}: use repo, tag, id, created, size or type")
-            }
-        };
-        if !field.to_lowercase().contains(&v) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+/// Options of `syscont images list`.
+#[derive(Debug, Clone)]
+pub(crate) struct ListOpts {
+    pub all: bool,
+    pub format: crate::format::Format,
+    pub no_trunc: bool,
+    pub filters: Vec<String>,
 }
 
 /// `syscont images list`.
-pub(crate) fn list(cfg: &StoreConfig, o: &ImagesListOpts) -> Result<()> {
+pub(crate) fn list(cfg: &StoreConfig, o: &ListOpts) -> Result<()> {
     let store = Store::open_existing(cfg)?;
     let rows = match &store {
         Some(store) => list_rows(store, cfg, o.all)?,
@@ -117,15 +102,27 @@ fn list_rows(store: &Store, cfg: &StoreConfig, all: bool) -> Result<Vec<ListRow>
     let mut rows = Vec::new();
     for img in store.images()? {
         let (repo, tag) = repo_and_tag(&img.name);
+        let pulled = crate::format::rfc3339(img.created);
+        let built = store
+            .config(&img)
+            .ok()
+            .and_then(|c| {
+                c.get("created")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            })
+            .and_then(|c| crate::format::parse_rfc3339(&c))
+            .map(crate::format::rfc3339);
         rows.push(ListRow {
             repo,
             tag,
             id: img.id().to_string(),
-            created: created_string(img.created),
+            name: img.name.clone(),
+            created: built.unwrap_or_else(|| pulled.clone()),
+            pulled,
             virtual_size: img.size(),
             type_: "ostree".into(),
             used: used.contains_key(img.id()),
-            name: img.name.clone(),
         });
     }
     if all {
@@ -138,54 +135,56 @@ fn list_rows(store: &Store, cfg: &StoreConfig, all: bool) -> Result<Vec<ListRow>
                 repo: "<none>".into(),
                 tag: "<none>".into(),
                 id: r.trim_start_matches(REF_PREFIX).to_string(),
-                created: created_string(created),
+                name: String::new(),
+                created: crate::format::rfc3339(created),
+                pulled: crate::format::rfc3339(created),
                 virtual_size: meta
                     .get("docker.size")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0),
                 type_: "ostree".into(),
                 used: false,
-                name: String::new(),
             });
         }
     }
     Ok(rows)
 }
 
-fn print_list(rows: Vec<ListRow>, o: &ImagesListOpts) -> Result<()> {
-    let mut kept = Vec::new();
-    for r in rows {
-        if matches_filters(&r, &o.filters)? {
-            kept.push(r);
-        }
-    }
-    if o.json {
-        outln!("{}", serde_json::to_string_pretty(&kept)?);
-        return Ok(());
-    }
-    if output::quiet() {
-        for r in &kept {
-            outln!("{}", trunc(&r.id, 12, !o.no_trunc));
-        }
-        return Ok(());
-    }
+fn print_list(rows: Vec<ListRow>, o: &ListOpts) -> Result<()> {
+    let rows = crate::format::filter_rows(
+        rows,
+        &o.filters,
+        &[
+            ("repository", "repo"),
+            ("image", "id"),
+            ("size", "virtual_size"),
+        ],
+    )?;
     let t = !o.no_trunc;
-    let table: Vec<Vec<String>> = kept
-        .iter()
-        .map(|r| {
-            vec![
-                // As Atomic printed it (its tests grep for ">  NAME").
-                format!("{}  {}", if r.used { ">" } else { " " }, r.repo),
-                r.tag.clone(),
-                trunc(&r.id, 12, t),
-                r.created.clone(),
-                human_size(r.virtual_size),
-                r.type_.clone(),
-            ]
-        })
-        .collect();
-    out!(
-        "{}",
+    if output::quiet() && o.format == crate::format::Format::Table {
+        // IDs, as Atomic's `images list -q` printed them.
+        for r in &rows {
+            outln!("{}", trunc(&r.id, 12, t));
+        }
+        return Ok(());
+    }
+    crate::format::print_rows(&o.format, &rows, |rows| {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    // As Atomic printed it (its tests grep for ">  NAME").
+                    format!("{}  {}", if r.used { ">" } else { " " }, r.repo),
+                    r.tag.clone(),
+                    trunc(&r.id, 12, t),
+                    crate::format::parse_rfc3339(&r.created)
+                        .map(crate::format::table_date)
+                        .unwrap_or_default(),
+                    human_size(r.virtual_size),
+                    r.type_.clone(),
+                ]
+            })
+            .collect();
         output::table(
             &[
                 "   REPOSITORY",
@@ -193,19 +192,57 @@ fn print_list(rows: Vec<ListRow>, o: &ImagesListOpts) -> Result<()> {
                 "IMAGE ID",
                 "CREATED",
                 "VIRTUAL SIZE",
-                "TYPE"
+                "TYPE",
             ],
-            &table
+            &cells,
         )
-    );
-    Ok(())
+    })
 }
 
-/// `syscont images inspect`.
-pub(crate) fn inspect(cfg: &StoreConfig, image: &str, json: bool) -> Result<()> {
-    let store = Store::open(cfg)?;
-    let img = store.resolve_one(image)?;
-    let config = store.config(&img)?;
+/// A layer in `images inspect`.
+#[derive(Debug, serde::Serialize)]
+struct LayerDoc {
+    digest: String,
+    media_type: String,
+    size: u64,
+    uncompressed_size: Option<u64>,
+}
+
+/// The image config's runtime part in `images inspect`.
+#[derive(Debug, serde::Serialize)]
+struct ConfigDoc {
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    exposed_ports: Vec<String>,
+    volumes: Vec<String>,
+    working_dir: Option<String>,
+    labels: BTreeMap<String, String>,
+}
+
+/// `images inspect` (its JSON is the same, field for field).
+#[derive(Debug, serde::Serialize)]
+struct InspectDoc {
+    name: String,
+    /// The image ID: the manifest digest.
+    id: String,
+    config_digest: String,
+    /// When the image was built (RFC 3339), if its config says.
+    created: Option<String>,
+    /// When it was pulled into this store (RFC 3339).
+    pulled: String,
+    architecture: Option<String>,
+    os: Option<String>,
+    config: ConfigDoc,
+    layers: Vec<LayerDoc>,
+    /// The sum of the compressed layer sizes.
+    size: u64,
+    /// Where it was pulled from (skopeo syntax).
+    source: Option<String>,
+}
+
+fn inspect_doc(store: &Store, img: &ImageRecord) -> Result<InspectDoc> {
+    let config = store.config(img)?;
     let mut layers = Vec::new();
     for l in &img.manifest.layers {
         let uncompressed = match store.blob_commit(l.hex()?)? {
@@ -216,87 +253,106 @@ pub(crate) fn inspect(cfg: &StoreConfig, image: &str, json: bool) -> Result<()> 
                 .and_then(|s| s.parse::<u64>().ok()),
             None => None,
         };
-        layers.push(serde_json::json!({
-            "digest": l.digest,
-            "mediaType": l.media_type,
-            "size": l.size,
-            "uncompressedSize": uncompressed,
-        }));
+        layers.push(LayerDoc {
+            digest: l.digest.clone(),
+            media_type: l.media_type.clone(),
+            size: l.size,
+            uncompressed_size: uncompressed,
+        });
     }
     let c = config.get("config").cloned().unwrap_or_default();
-    let doc = serde_json::json!({
-        "Name": img.name,
-        "Id": img.digest,
-        "Digest": img.digest,
-        "ConfigDigest": img.manifest.config.digest,
-        "Created": config.get("created"),
-        "Architecture": config.get("architecture"),
-        "Os": config.get("os"),
-        "Config": {
-            "Entrypoint": c.get("Entrypoint"),
-            "Cmd": c.get("Cmd"),
-            "Env": c.get("Env"),
-            "ExposedPorts": c.get("ExposedPorts"),
-            "Volumes": c.get("Volumes"),
-            "WorkingDir": c.get("WorkingDir"),
-            "Labels": c.get("Labels"),
-        },
-        "Layers": layers,
-        "Size": img.size(),
-        "Source": img.meta.get("syscont.source"),
-        "Manifest": serde_json::from_str::<serde_json::Value>(
-            img.meta.get("docker.manifest").map(String::as_str).unwrap_or("null")
-        )?,
-    });
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
-    }
-    let show = |v: Option<&serde_json::Value>| match v {
-        None | Some(serde_json::Value::Null) => "-".to_string(),
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+    let strings = |v: &serde_json::Value| serde_json::from_value::<Vec<String>>(v.clone()).ok();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
     };
-    outln!("Name:          {}", img.name);
-    outln!("ID:            {}", img.digest);
-    outln!("Config:        {}", img.manifest.config.digest);
-    outln!("Created:       {}", show(config.get("created")));
-    outln!(
-        "Platform:      {}/{}",
-        show(config.get("os")),
-        show(config.get("architecture"))
-    );
-    for key in [
-        "Entrypoint",
-        "Cmd",
-        "Env",
-        "ExposedPorts",
-        "Volumes",
-        "WorkingDir",
-    ] {
-        outln!("{:<15}{}", format!("{key}:"), show(c.get(key)));
-    }
-    outln!("Labels:");
-    if let Some(labels) = c.get("Labels").and_then(|l| l.as_object()) {
-        for (k, v) in labels {
-            outln!("  {k}: {}", v.as_str().unwrap_or_default());
-        }
-    }
-    outln!("Layers:");
-    for l in &layers {
-        outln!(
-            "  {}  {:>10}  {:>10}  {}",
-            l["digest"].as_str().unwrap_or_default(),
-            human_size(l["size"].as_u64().unwrap_or(0)),
-            l["uncompressedSize"]
-                .as_u64()
-                .map(human_size)
-                .unwrap_or_else(|| "-".into()),
-            l["mediaType"].as_str().unwrap_or_default()
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+    Ok(InspectDoc {
+        name: img.name.clone(),
+        id: img.digest.clone(),
+        config_digest: img.manifest.config.digest.clone(),
+        created: text(config.get("created"))
+            .and_then(|t| crate::format::parse_rfc3339(&t))
+            .map(crate::format::rfc3339),
+        pulled: crate::format::rfc3339(img.created),
+        architecture: text(config.get("architecture")),
+        os: text(config.get("os")),
+        config: ConfigDoc {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            exposed_ports: keys(&c["ExposedPorts"]),
+            volumes: keys(&c["Volumes"]),
+            working_dir: text(c.get("WorkingDir")).filter(|w| !w.is_empty()),
+            labels: c["Labels"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        layers,
+        size: img.size(),
+        source: img.meta.get("syscont.source").cloned(),
+    })
+}
+
+/// `syscont images inspect`.
+pub(crate) fn inspect(
+    cfg: &StoreConfig,
+    image: &str,
+    format: &crate::format::Format,
+) -> Result<()> {
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let doc = inspect_doc(&store, &img)?;
+    crate::format::print_one(format, &doc, |d| {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let list = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map(|l| serde_json::to_string(l).unwrap_or_default())
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut t = String::new();
+        let mut line = |k: &str, v: String| t.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
+        line("Name", d.name.clone());
+        line("ID", d.id.clone());
+        line("Config", d.config_digest.clone());
+        line("Created", show(&d.created));
+        line("Pulled", d.pulled.clone());
+        line(
+            "Platform",
+            format!("{}/{}", show(&d.os), show(&d.architecture)),
         );
-    }
-    outln!("Size:          {}", human_size(img.size()));
-    Ok(())
+        line("Source", show(&d.source));
+        line("Entrypoint", list(&d.config.entrypoint));
+        line("Cmd", list(&d.config.cmd));
+        line("Env", list(&d.config.env));
+        line("ExposedPorts", d.config.exposed_ports.join(" "));
+        line("Volumes", d.config.volumes.join(" "));
+        line("WorkingDir", show(&d.config.working_dir));
+        t.push_str("Labels:\n");
+        for (k, v) in &d.config.labels {
+            t.push_str(&format!("  {k}: {v}\n"));
+        }
+        t.push_str("Layers:\n");
+        for l in &d.layers {
+            t.push_str(&format!(
+                "  {}  {:>10}  {:>10}  {}\n",
+                l.digest,
+                human_size(l.size),
+                l.uncompressed_size
+                    .map(human_size)
+                    .unwrap_or_else(|| "-".into()),
+                l.media_type
+            ));
+        }
+        t.push_str(&format!("Size:          {}\n", human_size(d.size)));
+        t
+    })
 }
 
 /// `syscont images delete`.
@@ -527,7 +583,7 @@ pub(crate) fn verify(
     cfg: &StoreConfig,
     image: &str,
     repair: bool,
-    fetch: &crate::cli::FetchOpts,
+    fetch: &crate::skopeo::FetchOptions,
 ) -> Result<()> {
     let store = Store::open(cfg)?;
     let img = store.resolve_one(image)?;
@@ -626,91 +682,148 @@ pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path, copy: bool) -
     Ok(())
 }
 
-/// `syscont images export IMAGE DEST`: writes the image to any destination skopeo takes
-/// (`oci-archive:FILE[:TAG]`, `docker-archive:FILE`, `oci:DIR[:TAG]`, `dir:DIR`,
-/// `docker://…`), e.g. to ship it on an air-gapped host. The rootfs becomes one layer and
-/// `/exports` another, with the image's Entrypoint, Cmd, Env, WorkingDir, ports, volumes
-/// and labels; the output is reproducible, but it is a new image with its own digest.
-pub(crate) fn export(cfg: &StoreConfig, image: &str, dest: &str) -> Result<()> {
-    let store = Store::open(cfg)?;
-    let img = store.resolve_one(image)?;
-    let config = store.config(&img)?;
-    let scratch = cfg
+/// A stored image written as an OCI layout in a scratch directory next to the
+/// deployments (removed when dropped): the rootfs becomes one layer and `/exports`
+/// another, with the image's Entrypoint, Cmd, Env, WorkingDir, ports, volumes and labels.
+/// The output is reproducible, but it is a new image with its own digest.
+struct LayoutExport {
+    scratch: PathBuf,
+    /// `oci:DIR:export`.
+    reference: String,
+    manifest_digest: String,
+}
+
+impl Drop for LayoutExport {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+fn export_layout(store: &Store, img: &ImageRecord) -> Result<LayoutExport> {
+    let config = store.config(img)?;
+    let scratch = store
         .checkout_path
-        .join(format!(".export-{}", std::process::id()));
+        .join(format!(".export-{}-{}", std::process::id(), img.id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).with_context(|| format!("Creating {}", scratch.display()))?;
-    let res = (|| -> Result<String> {
-        let rootfs = scratch.join("rootfs");
+    let mut out = LayoutExport {
+        scratch: scratch.clone(),
+        reference: String::new(),
+        manifest_digest: String::new(),
+    };
+    let rootfs = scratch.join("rootfs");
+    {
         let _lock = store.lock()?;
-        crate::checkout::checkout_image_copy(&store, &img, &rootfs)?;
-        let exports = scratch.join("exports");
-        // Only a real directory moves to its own layer; a symlink stays a symlink in the
-        // rootfs (following it could read the host's files).
-        let has_exports = rootfs
-            .join("exports")
-            .symlink_metadata()
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
-        if has_exports {
-            std::fs::rename(rootfs.join("exports"), &exports)?;
-        }
-        let c = &config["config"];
-        let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
-            v.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-        };
-        let keys = |v: &serde_json::Value| -> Vec<String> {
-            v.as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default()
-        };
-        let labels = c["Labels"]
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let layout = scratch.join("layout");
-        let tag = "export";
-        let opts = crate::imagebuild::BuildOptions {
-            rootfs: rootfs.clone(),
-            from: None,
-            exports: has_exports.then(|| exports.clone()),
-            entrypoint: strings(&c["Entrypoint"]),
-            cmd: strings(&c["Cmd"]),
-            env: strings(&c["Env"]).unwrap_or_default(),
-            labels,
-            workdir: c["WorkingDir"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-            expose: keys(&c["ExposedPorts"]),
-            volumes: keys(&c["Volumes"]),
-            tag: img.name.clone(),
-            output: Some(format!("oci:{}:{tag}", layout.display())),
-            push: None,
-            tls_verify: true,
-            authfile: None,
-        };
-        let built = crate::imagebuild::build(&opts)?;
-        crate::skopeo::Skopeo::new()?
-            .args(["copy", "-q"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(dest)
-            .run_checked()
-            .with_context(|| format!("Writing {dest}"))?;
-        Ok(built.manifest_digest)
-    })();
-    let _ = std::fs::remove_dir_all(&scratch);
-    let digest = res?;
-    output::status(format!("Exported {} to {dest} ({digest}).", img.name));
+        crate::checkout::checkout_image_copy(store, img, &rootfs)?;
+    }
+    let exports = scratch.join("exports");
+    // Only a real directory moves to its own layer; a symlink stays a symlink in the
+    // rootfs (following it could read the host's files).
+    let has_exports = rootfs
+        .join("exports")
+        .symlink_metadata()
+        .map(|m| m.is_dir())
+        .unwrap_or(false);
+    if has_exports {
+        std::fs::rename(rootfs.join("exports"), &exports)?;
+    }
+    let c = &config["config"];
+    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+        v.as_array().map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+    };
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let labels = c["Labels"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.reference = format!("oci:{}:export", scratch.join("layout").display());
+    let opts = crate::imagebuild::BuildOptions {
+        rootfs: rootfs.clone(),
+        from: None,
+        exports: has_exports.then(|| exports.clone()),
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        env: strings(&c["Env"]).unwrap_or_default(),
+        labels,
+        workdir: c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        expose: keys(&c["ExposedPorts"]),
+        volumes: keys(&c["Volumes"]),
+        tag: img.name.clone(),
+        output: Some(out.reference.clone()),
+        push: None,
+        registry: Default::default(),
+    };
+    out.manifest_digest = crate::imagebuild::build(&opts)?.manifest_digest;
+    Ok(out)
+}
+
+/// `syscont images export IMAGE DEST`: writes the image to any destination skopeo takes
+/// (`oci-archive:FILE[:TAG]`, `docker-archive:FILE`, `oci:DIR[:TAG]`, `dir:DIR`,
+/// `docker://…`), e.g. to ship it on an air-gapped host. The destination is checked
+/// before anything is built.
+pub(crate) fn export(
+    cfg: &StoreConfig,
+    image: &str,
+    dest: &str,
+    registry: &crate::skopeo::RegistryOptions,
+) -> Result<()> {
+    crate::skopeo::check_destination(dest)?;
+    let store = Store::open(cfg)?;
+    let img = store.resolve_one(image)?;
+    let layout = export_layout(&store, &img)?;
+    let mut copy = crate::skopeo::Skopeo::new()?;
+    copy.args(["copy", "-q"]);
+    registry.dest_args(&mut copy);
+    copy.arg(&layout.reference).arg(dest);
+    copy.run(&format!("Writing {dest}"))?;
+    output::status(format!(
+        "Exported {} to {dest} ({}).",
+        img.name, layout.manifest_digest
+    ));
     Ok(())
+}
+
+/// `syscont build`: builds the image (see [`crate::imagebuild`]), stores it under its tag as
+/// `podman build` does, and writes or pushes it where asked. A base image (`--from`) that
+/// is in the store is taken from there, not fetched again. Returns the manifest digest.
+pub(crate) fn build(
+    cfg: &StoreConfig,
+    mut opts: crate::imagebuild::BuildOptions,
+    fetch: &crate::skopeo::FetchOptions,
+) -> Result<String> {
+    let store = Store::open_or_create(cfg)?;
+    // Keep the base's layout until the build is done.
+    let mut _base = None;
+    if let Some(from) = &opts.from {
+        if let Ok(img) = store.resolve_one(from) {
+            output::status(format!("Using the base image {} from the store.", img.name));
+            let layout = export_layout(&store, &img)?;
+            opts.from = Some(layout.reference.clone());
+            _base = Some(layout);
+        }
+    }
+    let built = crate::imagebuild::build(&opts)?;
+    let name = ImageReference::parse(&opts.tag)
+        .and_then(|r| r.store_name())
+        .with_context(|| format!("--tag {}", opts.tag))?;
+    let _lock = store.lock()?;
+    crate::pull::pull_as(&store, fetch, &built.layout_ref, &name)?;
+    Ok(built.manifest_digest)
 }
 
 /// The template variables an image's `/exports/*.template` files use, split as Atomic's
@@ -755,30 +868,56 @@ fn template_variables(
     Ok((with_default, without))
 }
 
+/// `images info` (its JSON is the same, field for field).
+#[derive(Debug, serde::Serialize)]
+struct InfoDoc {
+    name: String,
+    labels: BTreeMap<String, String>,
+    /// Variables with a default (the manifest's, or `{SET_BY_OS}`): overridable with --set.
+    with_default: BTreeMap<String, String>,
+    /// Variables the templates use that have no default: they must be given with --set.
+    without_default: Vec<String>,
+}
+
 /// `syscont images info`.
-pub(crate) fn info(cfg: &StoreConfig, image: &str) -> Result<()> {
+pub(crate) fn info(cfg: &StoreConfig, image: &str, format: &crate::format::Format) -> Result<()> {
     let store = Store::open(cfg)?;
     let img = store.resolve_one(image)?;
     let config = store.config(&img)?;
-    outln!("Image Name: {}", img.name);
-    if let Some(labels) = config.pointer("/config/Labels").and_then(|l| l.as_object()) {
-        let sorted: BTreeMap<_, _> = labels.iter().collect();
-        for (k, v) in sorted {
-            outln!("{k}: {}", v.as_str().unwrap_or_default());
-        }
-    }
+    let labels = config
+        .pointer("/config/Labels")
+        .and_then(|l| l.as_object())
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     let (with_default, without) = template_variables(&store, &img)?;
-    outln!();
-    outln!("Template variables with default value, but overridable with --set:");
-    for (k, v) in &with_default {
-        outln!("{k}: {v}");
-    }
-    if !without.is_empty() {
-        outln!();
-        outln!("Template variables that has no default value, and must be set with --set:");
-        for k in &without {
-            outln!("{k}: {{DEF_VALUE}}");
+    let doc = InfoDoc {
+        name: img.name.clone(),
+        labels,
+        with_default,
+        without_default: without.into_iter().collect(),
+    };
+    // Atomic's text, which its users' scripts grep.
+    crate::format::print_one(format, &doc, |d| {
+        let mut t = format!("Image Name: {}\n", d.name);
+        for (k, v) in &d.labels {
+            t.push_str(&format!("{k}: {v}\n"));
         }
-    }
-    Ok(())
+        t.push_str("\nTemplate variables with default value, but overridable with --set:\n");
+        for (k, v) in &d.with_default {
+            t.push_str(&format!("{k}: {v}\n"));
+        }
+        if !d.without_default.is_empty() {
+            t.push_str(
+                "\nTemplate variables that has no default value, and must be set with --set:\n",
+            );
+            for k in &d.without_default {
+                t.push_str(&format!("{k}: {{DEF_VALUE}}\n"));
+            }
+        }
+        t
+    })
 }

@@ -15,12 +15,14 @@ pub(crate) mod dollar;
 pub(crate) mod exports;
 pub mod failpoint;
 pub mod fleet;
+pub mod format;
 pub(crate) mod fsutil;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub(crate) mod hostfs;
 pub(crate) mod imagebuild;
 pub(crate) mod images;
+pub mod manual;
 pub(crate) mod mount;
 pub(crate) mod output;
 pub(crate) mod policy;

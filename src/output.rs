@@ -1,6 +1,6 @@
 //! Human and machine output: quiet/verbose switches, tables, progress lines.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 /// Set once standard output turned out to be a closed pipe.
@@ -40,7 +40,6 @@ macro_rules! out {
 }
 
 pub(crate) use {out, outln};
-static VERBOSE: AtomicU8 = AtomicU8::new(0);
 
 /// Sets `-q`.
 pub(crate) fn set_quiet(q: bool) {
@@ -52,22 +51,18 @@ pub(crate) fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
-/// Sets the `-v` count and raises the log level to match.
-pub(crate) fn set_verbose(v: u8) {
-    VERBOSE.store(v, Ordering::Relaxed);
-}
-
-/// The `-v` count.
-#[allow(dead_code)]
-pub(crate) fn verbose() -> u8 {
-    VERBOSE.load(Ordering::Relaxed)
-}
-
-/// Prints a progress or status line unless `-q`.
+/// Prints a progress or status line on standard error, unless `-q`. Standard output
+/// carries only what a command is asked for (a list, a plan, an ID), so it can be
+/// redirected or piped.
 pub(crate) fn status(msg: impl AsRef<str>) {
     if !quiet() {
-        outln!("{}", msg.as_ref());
+        eprintln!("{}", msg.as_ref());
     }
+}
+
+/// Prints a warning on standard error (also with `-q`: a warning is not progress).
+pub(crate) fn warn(msg: impl AsRef<str>) {
+    eprintln!("warning: {}", msg.as_ref());
 }
 
 /// Progress bars for a pull, on a terminal only (and not with `-q`); otherwise `None`, and
@@ -127,27 +122,6 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A UTC date and time (`2026-11-22 13:55`) for seconds since the epoch.
-pub(crate) fn date(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
 /// Shortens `s` to `n` characters when `trunc` is set.
 pub(crate) fn trunc(s: &str, n: usize, trunc: bool) -> String {
     if trunc && s.chars().count() > n {
@@ -181,12 +155,6 @@ mod tests {
     fn table_aligns() {
         let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A     BB\nxyz   1\n");
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(date(0), "1970-01-01 00:00");
-        assert_eq!(date(1_700_000_000), "2023-11-14 22:13");
     }
 
     #[test]

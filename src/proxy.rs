@@ -110,15 +110,35 @@ impl Read for BlobReader {
         if !wait_readable(&self.pipe, self.timeout)? {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!(
-                    "no data from the registry for {} s while fetching {}",
-                    self.timeout.as_secs(),
-                    self.what
-                ),
+                stalled(self.timeout, &self.what),
             ));
         }
         self.pipe.read(buf)
     }
+}
+
+/// The message for a registry that sent nothing for `timeout` while syscont waited for
+/// `what`: what stalled, for how long, and which option changes the limit.
+fn stalled(timeout: Duration, what: &str) -> String {
+    format!(
+        "the registry sent nothing for {} s while syscont waited for {what}; --timeout \
+         SECONDS (or $SYSCONT_PULL_TIMEOUT) changes how long it waits",
+        timeout.as_secs()
+    )
+}
+
+/// A registry that sent nothing for the whole timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Stalled(String);
+
+/// Whether `e` is a registry that stalled (a read or an answer timed out).
+pub(crate) fn is_stall(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Stalled>()
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
 
 /// A reply from the proxy.
@@ -225,10 +245,8 @@ impl ImageProxy {
         match wait_readable(&self.sock, self.timeout) {
             Ok(true) => {}
             Ok(false) => {
-                return Err(self.fail(format!(
-                    "skopeo did not answer {method} within {} s (is the registry stalled?)",
-                    self.timeout.as_secs()
-                )))
+                let msg = stalled(self.timeout, &format!("its answer to {method}"));
+                return Err(Stalled(format!("{:#}", self.fail(msg))).into());
             }
             Err(e) => return Err(self.fail(format!("waiting for skopeo: {e}"))),
         }
@@ -258,7 +276,10 @@ impl ImageProxy {
             Err(e) => return Err(self.fail(format!("invalid reply from skopeo to {method}: {e}"))),
         };
         if !reply.success {
-            bail!("{}", reply.error.trim());
+            bail!(
+                "{}",
+                crate::skopeo::with_hint(crate::skopeo::clean_message(&reply.error))
+            );
         }
         let pipe = fd.map(|f| (reply.pipeid, std::fs::File::from(f)));
         Ok((reply.value, pipe))
@@ -551,7 +572,10 @@ mod tests {
         let e = p
             .open_image(&format!("docker://127.0.0.1:{port}/x:1"))
             .unwrap_err();
-        assert!(format!("{e:#}").contains("did not answer"), "{e:#}");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("the registry sent nothing for 2 s"), "{msg}");
+        assert!(msg.contains("--timeout"), "{msg}");
+        assert!(is_stall(&e));
         drop(p);
         hold.join().unwrap();
     }

@@ -17,19 +17,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::cli::FetchOpts;
 use crate::output::outln;
 use crate::output::{self, human_size};
 use crate::proxy::{ImageProxy, OpenedImage, ProxyConfig};
 use crate::reference::{self, ImageReference, Transport};
 use crate::registries::RegistriesConf;
+use crate::skopeo::FetchOptions;
 use crate::store::{
     self, metadata_variant, Compression, Descriptor, Manifest, Store, StoreConfig, REF_PREFIX,
 };
 use crate::tarimport::{self, gerr, DeviceNode, ImportStats};
 
 /// `syscont pull IMAGE`.
-pub(crate) fn pull_cmd(cfg: &StoreConfig, fetch: &FetchOpts, image: &str) -> Result<()> {
+pub(crate) fn pull_cmd(cfg: &StoreConfig, fetch: &FetchOptions, image: &str) -> Result<()> {
     let store = Store::open_or_create(cfg)?;
     let _lock = store.lock()?;
     let r = pull(&store, fetch, image)?;
@@ -57,12 +57,12 @@ struct Source {
     _verified: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
-fn sources(r: &ImageReference, fetch: &FetchOpts) -> Result<Vec<Source>> {
+fn sources(r: &ImageReference, fetch: &FetchOptions) -> Result<Vec<Source>> {
     let tls = |insecure: bool| {
         if insecure {
             Some(false)
         } else {
-            fetch.tls_verify
+            fetch.registry.tls_verify
         }
     };
     Ok(match r.transport {
@@ -111,30 +111,85 @@ fn docker_archive_name(path: &str) -> Option<String> {
     None
 }
 
+/// The `org.opencontainers.image.ref.name` of an OCI layout's or archive's only image.
+fn oci_ref_annotation(r: &ImageReference) -> Option<String> {
+    let index: serde_json::Value = match r.transport {
+        Transport::Oci => serde_json::from_slice(
+            &std::fs::read(std::path::Path::new(&r.rest).join("index.json")).ok()?,
+        )
+        .ok()?,
+        Transport::OciArchive => {
+            let f = std::fs::File::open(&r.rest).ok()?;
+            let mut ar = tar::Archive::new(f);
+            let mut found = None;
+            for e in ar.entries().ok()? {
+                let mut e = e.ok()?;
+                if e.path().ok()?.to_str()?.trim_start_matches("./") == "index.json" {
+                    let mut s = String::new();
+                    e.read_to_string(&mut s).ok()?;
+                    found = serde_json::from_str(&s).ok();
+                    break;
+                }
+            }
+            found?
+        }
+        _ => return None,
+    };
+    let manifests = index.get("manifests")?.as_array()?;
+    if manifests.len() != 1 {
+        return None;
+    }
+    manifests[0]
+        .pointer("/annotations/org.opencontainers.image.ref.name")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The name a pulled image gets in the store: a registry's reference as given (with
+/// `latest` for no tag); for a layout or an archive, the reference within it
+/// (`oci:DIR:REF`), else the name the archive records (an `oci-archive:` index's
+/// `org.opencontainers.image.ref.name`, a `docker-archive:` file's `RepoTags`), else the
+/// file or directory name.
 fn store_name(r: &ImageReference) -> Result<String> {
     if r.transport == Transport::DockerArchive {
         if let Some(n) = docker_archive_name(&r.rest) {
             return Ok(n);
         }
     }
+    if matches!(r.transport, Transport::Oci | Transport::OciArchive) && !r.rest.contains(':') {
+        if let Some(a) = oci_ref_annotation(r) {
+            let with_ref = ImageReference {
+                rest: format!("{}:{a}", r.rest),
+                ..r.clone()
+            };
+            if let Ok(n) = with_ref.store_name() {
+                return Ok(n);
+            }
+        }
+    }
     r.store_name()
 }
 
-fn proxy_config(fetch: &FetchOpts, src: &Source) -> ProxyConfig {
+fn proxy_config(fetch: &FetchOptions, src: &Source) -> ProxyConfig {
     ProxyConfig {
-        authfile: fetch.authfile.clone(),
+        authfile: fetch.registry.authfile.clone(),
         tls_verify: src.tls_verify,
         arch: fetch.arch.clone(),
         // skopeo reads $CONTAINERS_REGISTRIES_CONF itself.
         registries_conf: None,
-        timeout: Duration::from_secs(fetch.timeout.max(1)),
+        timeout: fetch.timeout,
     }
 }
 
 /// Copies a source the policy wants verified with `skopeo copy` (which enforces the policy)
 /// into a scratch directory next to the repository, and returns the source to read
 /// instead. A refusal is an error that quotes skopeo's reason; nothing reaches the store.
-fn verified_copy(store: &Store, fetch: &FetchOpts, src: &Source, digest: &str) -> Result<Source> {
+fn verified_copy(
+    store: &Store,
+    fetch: &FetchOptions,
+    src: &Source,
+    digest: &str,
+) -> Result<Source> {
     let policy = crate::policy::policy_path();
     output::status(format!(
         "{} needs a verified signature ({}): checking it with skopeo copy.",
@@ -166,21 +221,18 @@ fn verified_copy(store: &Store, fetch: &FetchOpts, src: &Source, digest: &str) -
         cmd.arg("--override-arch").arg(a);
     }
     cmd.args(["copy", "-q"]);
-    if src.tls_verify == Some(false) {
-        cmd.arg("--src-tls-verify=false");
+    crate::skopeo::RegistryOptions {
+        tls_verify: src.tls_verify,
+        authfile: fetch.registry.authfile.clone(),
     }
-    if let Some(a) = &fetch.authfile {
-        cmd.arg("--src-authfile").arg(a);
-    }
+    .src_args(&mut cmd);
     cmd.arg(&pinned)
         .arg(format!("dir:{}", dir.path().display()));
-    crate::cmdutil::CommandExt::run_checked(&mut *cmd).with_context(|| {
-        format!(
-            "{} is refused by the policy {} (its signature is missing, wrong or not trusted)",
-            src.skopeo_ref,
-            policy.display()
-        )
-    })?;
+    cmd.run(&format!(
+        "{} is refused by the policy {} (its signature is missing, wrong or not trusted)",
+        src.skopeo_ref,
+        policy.display()
+    ))?;
     Ok(Source {
         skopeo_ref: format!("dir:{}", dir.path().display()),
         tls_verify: None,
@@ -189,7 +241,10 @@ fn verified_copy(store: &Store, fetch: &FetchOpts, src: &Source, digest: &str) -
 }
 
 /// Opens the first source that works; the error lists every source tried.
-fn open_first(fetch: &FetchOpts, sources: &[Source]) -> Result<(ImageProxy, OpenedImage, Source)> {
+fn open_first(
+    fetch: &FetchOptions,
+    sources: &[Source],
+) -> Result<(ImageProxy, OpenedImage, Source)> {
     let mut errors = Vec::new();
     for src in sources {
         let attempt = (|| {
@@ -319,7 +374,7 @@ fn import_layer(
             let ours = format!("{e:#}");
             // A stall already waited its full timeout; a refused entry is our own verdict.
             // Otherwise skopeo's verdict on the blob (reset, truncation, digest) is the cause.
-            if !ours.contains("no data from the registry") && !ours.contains("refusing") {
+            if !crate::proxy::is_stall(&e) && !ours.contains("refusing") {
                 if let Err(sk) = proxy.finish_pending() {
                     // A broken pipe only says that we stopped reading.
                     if !format!("{sk:#}").contains("broken pipe") {
@@ -416,9 +471,34 @@ fn layer_by_diff_id(store: &Store, diff_id: &str) -> Result<Option<String>> {
 }
 
 /// Pulls `image` into the store. The caller holds the store lock.
-pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<PullResult> {
+pub(crate) fn pull(store: &Store, fetch: &FetchOptions, image: &str) -> Result<PullResult> {
     let r = ImageReference::parse(image)?;
     let name = store_name(&r)?;
+    pull_named(store, fetch, &r, name)
+}
+
+/// Pulls `image` and stores it as `name` (a store name, e.g. the tag of a build).
+pub(crate) fn pull_as(
+    store: &Store,
+    fetch: &FetchOptions,
+    image: &str,
+    name: &str,
+) -> Result<PullResult> {
+    pull_named(
+        store,
+        fetch,
+        &ImageReference::parse(image)?,
+        name.to_string(),
+    )
+}
+
+fn pull_named(
+    store: &Store,
+    fetch: &FetchOptions,
+    r: &ImageReference,
+    name: String,
+) -> Result<PullResult> {
+    let r = r.clone();
     let sources = sources(&r, fetch)?;
     let (mut proxy, img, src) = open_first(fetch, &sources)?;
     tracing::debug!("skopeo image proxy protocol {}", proxy.protocol_version());
@@ -468,6 +548,10 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
     // skopeo's GetFullConfig.
     let config_bytes = match fetch_config_blob(&mut proxy, img, &manifest.config) {
         Ok(b) => b,
+        // A stalled registry is the answer: asking again in another way would only hide it.
+        Err(e) if crate::proxy::is_stall(&e) => {
+            return Err(e.context(format!("Fetching the config of {}", src.skopeo_ref)))
+        }
         Err(e) => {
             tracing::debug!("config blob not available ({e:#}); asking for the converted config");
             proxy
@@ -562,7 +646,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
 /// and verified, so the source's tags need not still name this image.
 pub(crate) fn refetch_layers(
     store: &Store,
-    fetch: &FetchOpts,
+    fetch: &FetchOptions,
     img: &store::ImageRecord,
     layers: &[usize],
     source: &str,
@@ -710,11 +794,14 @@ const LAYER_ATTEMPTS: usize = 3;
 /// layer that is not what the config claims) nor for a registry that stalled (that
 /// already waited its full timeout).
 fn worth_retrying(e: &anyhow::Error) -> bool {
+    // A stall already waited its whole timeout.
+    if crate::proxy::is_stall(e) {
+        return false;
+    }
     let m = format!("{e:#}");
     ![
         "refusing",
         "does not match the image config",
-        "no data from the registry",
         "unsupported",
         "device node",
         "No space left",
@@ -726,7 +813,7 @@ fn worth_retrying(e: &anyhow::Error) -> bool {
 /// Fetches the jobs with up to one worker per core, each with its own proxy and repo handle.
 fn fetch_layers(
     store: &Store,
-    fetch: &FetchOpts,
+    fetch: &FetchOptions,
     src: &Source,
     first_proxy: ImageProxy,
     first_img: OpenedImage,

@@ -144,8 +144,12 @@ impl ImageReference {
                     },
                     _ => (path, refname),
                 };
+                // The reference within a layout or archive names the image, as podman
+                // names it (`oci:DIR:hello-1` is `hello-1:latest`); one that looks like a
+                // version (`oci:/srv/images/etcd:3.4`) is a tag of the layout's name.
                 if let Some(r) = refname {
-                    if r.contains('/') || r.contains(':') {
+                    let version = r.starts_with(|c: char| c.is_ascii_digit()) && valid_tag(r);
+                    if r.contains('/') || r.contains(':') || !version {
                         if let Ok(d) = DockerRef::parse(r) {
                             return Ok(d.with_default_tag().to_string());
                         }
@@ -486,6 +490,9 @@ mod tests {
         assert_eq!(n(&d), d);
         assert_eq!(n("oci:/srv/images/etcd"), "etcd:latest");
         assert_eq!(n("oci:/srv/images/etcd:3.4"), "etcd:3.4");
+        assert_eq!(n("oci:/srv/images:hello-1"), "hello-1:latest");
+        assert_eq!(n("oci:/srv/images:hello:1"), "hello:1");
+        assert_eq!(n("oci-archive:/srv/x.tar:etcd"), "etcd:latest");
         assert_eq!(
             n("oci:/srv/o:quay.io/x/flannel:1.2"),
             "quay.io/x/flannel:1.2"

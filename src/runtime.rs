@@ -1,9 +1,12 @@
 //! The OCI runtime (runc by default, crun, or any `--runtime PATH`): checks, the `Exec`
 //! lines written into units, and one-off runs.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::cmdutil::CommandExt;
 
@@ -130,8 +133,68 @@ pub(crate) fn is_running(runtime: &Path, id: &str) -> bool {
     state(runtime, id).is_some_and(|s| s.status == "running")
 }
 
-/// Runs a command in a running container (`RUNTIME exec [--tty] ID CMD…`), inheriting stdio.
-pub(crate) fn exec_in(runtime: &Path, id: &str, cmd: &[String]) -> Result<i32> {
+/// Signals that stop a foreground run: syscont forwards them to the container and cleans
+/// up, instead of dying and leaving the container and its bundle behind.
+const STOP_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+
+/// How long a container has to exit after the forwarded signal before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Waits for a foreground runtime process. On SIGINT, SIGTERM or SIGHUP it calls `stop`
+/// with the signal (then again with SIGKILL after [`STOP_GRACE`]) and keeps waiting.
+/// Returns the process's status and the signal syscont received, if any.
+fn wait_forwarding(
+    child: &mut std::process::Child,
+    stop: &dyn Fn(i32),
+) -> Result<(std::process::ExitStatus, Option<i32>)> {
+    let got = Arc::new(AtomicUsize::new(0));
+    let ids = STOP_SIGNALS
+        .iter()
+        .map(|&s| signal_hook::flag::register_usize(s, got.clone(), s as usize))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("Installing signal handlers")?;
+    let mut forwarded: Option<(i32, Instant)> = None;
+    let mut killed = false;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        let sig = got.load(Ordering::Relaxed) as i32;
+        match forwarded {
+            None if sig != 0 => {
+                stop(sig);
+                forwarded = Some((sig, Instant::now()));
+            }
+            Some((_, at)) if !killed && at.elapsed() > STOP_GRACE => {
+                stop(signal_hook::consts::SIGKILL);
+                killed = true;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for id in ids {
+        signal_hook::low_level::unregister(id);
+    }
+    Ok((status, forwarded.map(|(s, _)| s)))
+}
+
+/// The exit code for a run: the container's status, or 128 + the signal that stopped
+/// syscont, as a shell reports a process that signal ended.
+fn run_code(st: std::process::ExitStatus, signal: Option<i32>) -> u8 {
+    match signal {
+        Some(s) => (128 + s).clamp(0, 255) as u8,
+        None => crate::error::status_code(st),
+    }
+}
+
+/// Runs a command in a running container (`RUNTIME exec [--tty] ID CMD…`), inheriting
+/// stdio; returns its exit code. A signal to syscont goes to the command.
+pub(crate) fn exec_in(runtime: &Path, id: &str, cmd: &[String]) -> Result<u8> {
     use std::io::IsTerminal;
     let mut c = Command::new(runtime);
     c.arg("exec");
@@ -139,29 +202,42 @@ pub(crate) fn exec_in(runtime: &Path, id: &str, cmd: &[String]) -> Result<i32> {
         c.arg("--tty");
     }
     c.arg(id).args(cmd);
-    let st = c
-        .status()
+    let mut child = c
+        .spawn()
         .with_context(|| format!("Running {} exec {id}", runtime.display()))?;
-    Ok(st.code().unwrap_or(1))
+    let pid = rustix::process::Pid::from_child(&child);
+    // runc exec passes the signals it gets on to the command.
+    let (st, sig) = wait_forwarding(&mut child, &|s| {
+        if let Some(sig) = rustix::process::Signal::from_named_raw(s) {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    })?;
+    Ok(run_code(st, sig))
 }
 
 /// Runs a container in the foreground from a bundle directory (`config.json` inside),
-/// inheriting stdio; returns its exit code. The container state is deleted afterwards.
-pub(crate) fn run_bundle(runtime: &Path, bundle: &Path, id: &str) -> Result<i32> {
-    let st = Command::new(runtime)
+/// inheriting stdio; returns its exit code. A signal to syscont stops the container
+/// (`RUNTIME kill`, then SIGKILL after a grace time). The container's state is deleted
+/// afterwards in every case.
+pub(crate) fn run_bundle(runtime: &Path, bundle: &Path, id: &str) -> Result<u8> {
+    let mut child = Command::new(runtime)
         .args(["run", "--bundle"])
         .arg(bundle)
         .arg(id)
-        .status()
+        .spawn()
         .with_context(|| format!("Running {} run {id}", runtime.display()))?;
+    let res = wait_forwarding(&mut child, &|s| {
+        let _ = Command::new(runtime)
+            .args(["kill", id, &s.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    });
     let _ = Command::new(runtime)
         .args(["delete", "-f", id])
         .stderr(std::process::Stdio::null())
         .status();
-    if let Some(code) = st.code() {
-        return Ok(code);
-    }
-    bail!("{} run {id} was killed by a signal", runtime.display())
+    let (st, sig) = res?;
+    Ok(run_code(st, sig))
 }
 
 #[cfg(test)]

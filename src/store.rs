@@ -410,6 +410,9 @@ impl Store {
         if let Some(rec) = self.image_by_name(input)? {
             return Ok(vec![rec]);
         }
+        if let Some(found) = self.by_short_name(input)? {
+            return Ok(vec![found]);
+        }
         let prefix = input.strip_prefix("sha256:").unwrap_or(input);
         if prefix.len() >= 3 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
             let matches: Vec<_> = self
@@ -431,6 +434,44 @@ impl Store {
             }
         }
         Err(UserError::ImageNotFound(input.to_string()).into())
+    }
+
+    /// The image a short name (`etcd`, `coreos/etcd:3.4`: no registry) means, as podman
+    /// matches one against local images: the stored name whose repository ends with the
+    /// given path, with the same tag (`latest` when none is given). Several matches are an
+    /// error that lists them.
+    fn by_short_name(&self, input: &str) -> Result<Option<ImageRecord>> {
+        let Ok(want) = reference::DockerRef::parse(input) else {
+            return Ok(None);
+        };
+        if want.is_qualified() || want.digest.is_some() {
+            return Ok(None);
+        }
+        let want = want.with_default_tag();
+        let mut found: Vec<ImageRecord> = self
+            .images()?
+            .into_iter()
+            .filter(|img| {
+                let Ok(have) = reference::DockerRef::parse(&img.name) else {
+                    return false;
+                };
+                let path_matches = have.repository == want.repository
+                    || have.repository.ends_with(&format!("/{}", want.repository));
+                path_matches && have.tag == want.tag
+            })
+            .collect();
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => {
+                let names: Vec<String> = found.into_iter().map(|i| i.name).collect();
+                Err(UserError::Invalid(format!(
+                    "the short name {input} matches several images: {}; give the whole name",
+                    names.join(", ")
+                ))
+                .into())
+            }
+        }
     }
 
     /// Resolves to exactly one image.

@@ -119,6 +119,48 @@ pub(crate) const FORCED_VALUES: &[&str] = &[
     "ATOMIC",
 ];
 
+/// The values computed for every deployment that `--set` cannot change (Atomic silently
+/// overwrote them; syscont refuses them, so a mistaken `--set NAME=…` is not ignored).
+pub(crate) const ALWAYS_COMPUTED: &[&str] = &[
+    "DESTDIR",
+    "NAME",
+    "EXEC_START",
+    "EXEC_STOP",
+    "EXEC_STARTPRE",
+    "EXEC_STOPPOST",
+    "HOST_UID",
+    "HOST_GID",
+    "IMAGE_NAME",
+    "IMAGE_ID",
+];
+
+/// Refuses user-given values for what syscont always computes.
+pub(crate) fn check_settable<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    for k in keys {
+        if ALWAYS_COMPUTED.contains(&k.as_str()) {
+            return Err(crate::error::UserError::Invalid(format!(
+                "{k} cannot be set: syscont computes it for every deployment (so do {})",
+                ALWAYS_COMPUTED
+                    .iter()
+                    .filter(|c| **c != k)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The variables a template text uses, with either engine.
+pub(crate) fn used_variables(engine: Engine, text: &str, values: &RenderValues) -> Vec<String> {
+    match engine {
+        Engine::Dollar => crate::dollar::variables(text),
+        Engine::Tera => tera_names(text, values),
+    }
+}
+
 /// Values the OS provides that `--set` may override (`{SET_BY_OS}` in `images info`).
 pub(crate) const OS_VALUES: &[&str] = &[
     "RUN_DIRECTORY",

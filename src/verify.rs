@@ -152,7 +152,7 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
     let deps = Deployments::new(&cfg.checkout_path);
     let slot = deps
         .active_slot(name)
-        .ok_or_else(|| anyhow!("container {name} is not installed"))?;
+        .ok_or_else(|| crate::error::UserError::NotInstalled(name.to_string()))?;
     let info = deps.read_info(name, slot)?;
     let dir = deps.slot_dir(name, slot);
     let mut findings = Vec::new();

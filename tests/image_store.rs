@@ -579,7 +579,7 @@ fn registry_faults_fail_without_partial_images() {
         (Fault::CorruptBlob, "sha256:"),
         (Fault::TruncateBlob, "f:1"),
         (Fault::ResetMidBlob, "f:1"),
-        (Fault::StallBlob, "no data from the registry"),
+        (Fault::StallBlob, "the registry sent nothing for"),
     ] {
         let proxy = FaultProxy::start(reg.addr(), fault);
         let image = format!("docker://{}/f:1", proxy.addr());

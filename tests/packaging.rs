@@ -96,6 +96,7 @@ fn deb_holds_the_stripped_binary_man_pages_completions_units_and_docs() {
     let pages = expected_man_pages();
     assert!(pages.contains(&"syscont-containers-update.1.gz".to_string()));
     expected.extend(pages.iter().map(|p| format!("./usr/share/man/man1/{p}")));
+    expected.push("./usr/share/man/man5/syscont-host.toml.5.gz".into());
     for e in &expected {
         assert!(
             paths.contains(&e.as_str()),
@@ -180,13 +181,35 @@ fn installed_deb_runs_documents_registers_its_units_and_removes_cleanly() {
     for option in ["--set-json", "--rootfs", "--runtime", "--start"] {
         assert!(page.contains(option), "syscont-install(1) lacks {option}");
     }
+    // What a sysadmin looks for: exit codes, examples; the top page has the environment
+    // and the files too, and the host file has its own page.
+    for section in ["EXIT STATUS", "EXAMPLES"] {
+        assert!(page.contains(section), "syscont-install(1) lacks {section}");
+    }
+    let top = tb.sh_ok("MANWIDTH=200 man syscont");
+    for section in [
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "FILES",
+        "EXAMPLES",
+        "SYSCONT_OSTREE_REPO",
+    ] {
+        assert!(top.contains(section), "syscont(1) lacks {section}");
+    }
+    let host = tb.sh_ok("MANWIDTH=200 man 5 syscont-host.toml");
+    assert!(
+        host.contains("fallbacks") && host.contains("[[container]]"),
+        "{host}"
+    );
     let found = tb.sh_ok("man -w syscont-containers-update");
     assert_eq!(
         found.trim(),
         "/usr/share/man/man1/syscont-containers-update.1.gz"
     );
-    // The bash completion knows the subcommands.
+    // The bash completion knows the subcommands, and asks syscont for container and
+    // image names.
     tb.sh_ok("grep -q containers /usr/share/bash-completion/completions/syscont");
+    tb.sh_ok("grep -q 'containers list --all -q' /usr/share/bash-completion/completions/syscont");
 
     // postinst created the state directories and reloaded systemd.
     tb.sh_ok("test -d /var/lib/containers/atomic && test -d /etc/syscont && test -d /run/syscont");
@@ -260,6 +283,7 @@ fn rpm_spec_has_cargo_version_and_the_same_files_and_requirements_as_the_deb() {
             "%{_bindir}/syscont",
             "%{_mandir}/man1/syscont.1*",
             "%{_mandir}/man1/syscont-*.1*",
+            "%{_mandir}/man5/syscont-host.toml.5*",
             "%{bash_completions_dir}/syscont",
             "%{zsh_completions_dir}/_syscont",
             "%{fish_completions_dir}/syscont.fish",

@@ -905,9 +905,8 @@ fn images_and_mounts_as_atomic_checked_them() {
     // An image without /exports installs with syscont's default config and unit.
     let dir = w._work.path().join("plain");
     busybox_rootfs(&dir, RUN_HTTPD);
-    let st = std::process::Command::new(BIN)
+    let st = build_cmd(w._work.path())
         .args([
-            "build",
             "--rootfs",
             dir.to_str().unwrap(),
             "--cmd",
@@ -1331,8 +1330,8 @@ fn etcd_and_flannel(work: &Path, reg: &Registry) {
         .unwrap();
     assert!(st.success(), "building sd-notify");
     for (name, root) in [("etcd", &etcd), ("flannel", &flannel)] {
-        let out = std::process::Command::new(BIN)
-            .args(["build", "--rootfs", root.to_str().unwrap()])
+        let out = build_cmd(work)
+            .args(["--rootfs", root.to_str().unwrap()])
             .args([
                 "--exports",
                 demo.join(name).join("exports").to_str().unwrap(),
@@ -1569,9 +1568,8 @@ fn an_atomic_host_carries_over() {
         "d    ${RUN_DIRECTORY}/${NAME}   0700 ${HOST_UID} ${HOST_GID} - -\n",
     );
     let layout = w._work.path().join("atomic-layout");
-    let out = std::process::Command::new(BIN)
+    let out = build_cmd(w._work.path())
         .args([
-            "build",
             "--rootfs",
             dir.join("rootfs").to_str().unwrap(),
             "--exports",
@@ -1915,9 +1913,8 @@ fn rootless_containers_of_two_users() {
         &exports.join("manifest.json"),
         r#"{"version": "1.0", "defaultValues": {"PORT": "8503", "RECEIVER": "x"}}"#,
     );
-    let out = std::process::Command::new(BIN)
+    let out = build_cmd(w._work.path())
         .args([
-            "build",
             "--rootfs",
             owners.to_str().unwrap(),
             "--exports",

@@ -46,6 +46,9 @@ for page in "$work"/gen/man1/*.1; do
     gzip -9n <"$page" >"$stage/usr/share/man/man1/${page##*/}.gz"
 done
 chmod 0644 "$stage"/usr/share/man/man1/*
+install -d "$stage/usr/share/man/man5"
+gzip -9n <"$work/gen/man5/syscont-host.toml.5" >"$stage/usr/share/man/man5/syscont-host.toml.5.gz"
+chmod 0644 "$stage/usr/share/man/man5/syscont-host.toml.5.gz"
 install -D -m 0644 "$work/gen/completions/syscont.bash" \
     "$stage/usr/share/bash-completion/completions/syscont"
 install -D -m 0644 "$work/gen/completions/_syscont" \

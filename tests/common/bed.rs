@@ -77,7 +77,6 @@ pub fn build_and_push(
     labels: &[&str],
 ) {
     let mut args: Vec<String> = vec![
-        "build".into(),
         "--rootfs".into(),
         rootfs.display().to_string(),
         "--tag".into(),
@@ -94,10 +93,8 @@ pub fn build_and_push(
         args.push("--label".into());
         args.push(l.to_string());
     }
-    let out = std::process::Command::new(BIN)
-        .args(&args)
-        .output()
-        .unwrap();
+    let work = rootfs.parent().unwrap_or(Path::new("/var/tmp"));
+    let out = super::build_cmd(work).args(&args).output().unwrap();
     assert!(
         out.status.success(),
         "build {name}: {}",

@@ -393,6 +393,17 @@ pub fn push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
     );
 }
 
+/// `syscont build`, storing what it builds in a store of its own under `work` (a build
+/// stores its image, as `podman build` does), never in the machine's.
+pub fn build_cmd(work: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_syscont"));
+    c.env("SYSCONT_OSTREE_REPO", work.join(".build-store/repo"))
+        .env("SYSCONT_CHECKOUT_PATH", work.join(".build-store/checkout"))
+        .arg("build")
+        .stdin(Stdio::null());
+    c
+}
+
 /// The syscont binary with a private store.
 pub struct Syscont {
     pub dir: tempfile::TempDir,
