@@ -214,6 +214,12 @@ fn checkout_image_as(store: &Store, img: &ImageRecord, dest: &Path, copy: bool) 
         check_same_filesystem(store, &parent)?;
     }
     let (commit, subpath) = rootfs_source(store, img)?;
+    tracing::info!(
+        "checking out {} into {} ({})",
+        img.name,
+        dest.display(),
+        if copy { "copies" } else { "hardlinks" }
+    );
     let tmp = temp_name(dest)?;
     if tmp.symlink_metadata().is_ok() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("Removing {}", tmp.display()))?;

@@ -955,7 +955,11 @@ pub(crate) fn run_once(
             uuid: None,
             remote: None,
         };
-        let r = render_slot_lenient(store, &target, &base)?;
+        let (r, tmpfiles) = render_slot_lenient(store, &target, &base)?;
+        if let Some(t) = &tmpfiles {
+            fsutil::atomic_write(&base.join("tmpfiles.conf"), t.as_bytes(), 0o644)?;
+            crate::units::tmpfiles_file("--create", &base.join("tmpfiles.conf"))?;
+        }
         let mut config: serde_json::Value = serde_json::from_str(&r)
             .context("The rendered config.json of the one-off run is not valid JSON")?;
         if !config.is_object() {
@@ -986,6 +990,8 @@ pub(crate) fn run_once(
         fsutil::atomic_write(&base.join("config.json"), text.as_bytes(), 0o644)?;
         runtime::run_bundle(runtime, &base, &id)
     })();
+    // Atomic's run-once removed what its tmpfiles made, too.
+    let _ = crate::units::tmpfiles_file("--remove", &base.join("tmpfiles.conf"));
     let _ = remove_tree(&base);
     match res? {
         0 => Ok(()),
@@ -993,8 +999,13 @@ pub(crate) fn run_once(
     }
 }
 
-/// Renders just the config for a one-off run (run-once images may have a writable root).
-fn render_slot_lenient(store: &Store, t: &Target<'_>, dir: &Path) -> Result<String> {
+/// Renders the config (and the tmpfiles the run needs) for a one-off run (run-once images
+/// may have a writable root).
+fn render_slot_lenient(
+    store: &Store,
+    t: &Target<'_>,
+    dir: &Path,
+) -> Result<(String, Option<String>)> {
     let image = RootFs::open(&dir.join("rootfs"))?;
     let manifest = ExportsManifest::read(&image)?;
     let engine = manifest.engine()?;
@@ -1016,14 +1027,40 @@ fn render_slot_lenient(store: &Store, t: &Target<'_>, dir: &Path) -> Result<Stri
         json: t.set_json.clone(),
         given: t.set.keys().cloned().collect(),
     };
-    if let Some(c) = read_export(&image, "config.json")? {
-        return Ok(c);
-    }
-    if let Some(tmpl) = read_export(&image, "config.json.template")? {
-        return templates::render(engine, &tmpl, "exports/config.json.template", &rv, false);
-    }
-    let process = templates::ImageProcess::from_config(&store.config(t.img)?);
-    templates::default_config(&process, &rv)
+    let config = if let Some(c) = read_export(&image, "config.json")? {
+        c
+    } else if let Some(tmpl) = read_export(&image, "config.json.template")? {
+        templates::render(engine, &tmpl, "exports/config.json.template", &rv, false)?
+    } else {
+        let process = templates::ImageProcess::from_config(&store.config(t.img)?);
+        templates::default_config(&process, &rv)?
+    };
+    // What the run needs on the host, as Atomic's run-once made it: the image's tmpfiles,
+    // or the bind-mount sources that are missing.
+    let tmpfiles = match read_export(&image, "tmpfiles.template")? {
+        Some(tmpl) => Some(templates::render(
+            engine,
+            &tmpl,
+            "exports/tmpfiles.template",
+            &rv,
+            true,
+        )?),
+        None => {
+            let missing = templates::missing_bind_sources(&config);
+            (!missing.is_empty()).then(|| {
+                missing
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "d    {m}   0700 {} {} - -\n",
+                            rv.values["HOST_UID"], rv.values["HOST_GID"]
+                        )
+                    })
+                    .collect()
+            })
+        }
+    };
+    Ok((config, tmpfiles))
 }
 
 /// One row of `containers list` (its JSON is the same, field for field).
@@ -1248,7 +1285,9 @@ fn run_foreground(
     let store = Store::open_or_create(cfg)?;
     let img = image_for(&store, target, None, false)?;
     let runtime = runtime::resolve(&runtime::default_runtime())?;
-    let name = crate::reference::default_container_name(&img.name);
+    // As Atomic named it: never the name of an installed container, whose run directory
+    // the run's tmpfiles would otherwise create and remove.
+    let name = format!("run-once-{}", std::process::id());
     run_once(
         &store,
         &img,

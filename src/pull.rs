@@ -499,6 +499,7 @@ fn pull_named(
     name: String,
 ) -> Result<PullResult> {
     let r = r.clone();
+    tracing::info!("pulling {} as {name}", r.to_skopeo());
     let sources = sources(&r, fetch)?;
     let (mut proxy, img, src) = open_first(fetch, &sources)?;
     tracing::debug!("skopeo image proxy protocol {}", proxy.protocol_version());

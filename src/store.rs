@@ -266,6 +266,7 @@ impl Store {
         repo.open(gio::Cancellable::NONE)
             .map_err(gerr)
             .with_context(|| format!("Opening the OSTree repository {}", repo_path.display()))?;
+        tracing::debug!("the image store is {}", repo_path.display());
         Ok(Some(Self::from_repo(cfg, repo, repo_path)))
     }
 

@@ -210,6 +210,7 @@ impl Systemd {
 
     /// `Reload` (daemon-reload).
     pub(crate) fn reload(&self) -> Result<()> {
+        tracing::debug!("systemd: Reload");
         self.manager()?
             .reload()
             .map_err(dbus_err)
@@ -256,6 +257,7 @@ impl Systemd {
         }
         // Listen before calling, so the signal cannot be missed.
         let signals = m.receive_job_removed().map_err(dbus_err)?;
+        tracing::info!("systemd: {verb} {unit}");
         let job = match call(&m) {
             Ok(j) => j,
             Err(e) if verb == "stopping" && is_no_such_unit(&e) => return Ok(()),

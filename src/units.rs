@@ -69,7 +69,11 @@ pub(crate) fn publish_units(deps: &Deployments, name: &str, slot: u8) -> Result<
 
 /// Runs `systemd-tmpfiles OP` (`--create`, `--remove`) on a container's snippet, if any.
 pub(crate) fn tmpfiles(op: &str, name: &str) -> Result<()> {
-    let p = tmpfiles_path(name);
+    tmpfiles_file(op, &tmpfiles_path(name))
+}
+
+/// Runs `systemd-tmpfiles OP FILE`, if the file exists (`--user` for a user).
+pub(crate) fn tmpfiles_file(op: &str, p: &std::path::Path) -> Result<()> {
     if !p.exists() {
         return Ok(());
     }
@@ -78,7 +82,7 @@ pub(crate) fn tmpfiles(op: &str, name: &str) -> Result<()> {
         cmd.arg("--user");
     }
     cmd.arg(op)
-        .arg(&p)
+        .arg(p)
         .run_checked()
         .with_context(|| format!("Applying {}", p.display()))
 }

@@ -253,8 +253,8 @@ fn exports_symlinks_never_reach_the_host() {
     require_root();
     let reg = Registry::start();
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
-    let config = r#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/usr/bin/run.sh"], "env": ["PATH=/bin"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}, "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}], "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}"#;
-    let unit = "[Unit]\nDescription=$NAME\n[Service]\nExecStart=$EXEC_START\nWorkingDirectory=$DESTDIR\n[Install]\nWantedBy=multi-user.target\n";
+    let config = SIMPLE_CONFIG;
+    let unit = SIMPLE_UNIT;
     let up = "../../../../../../../../..";
     let file_links = [
         "service.template",
@@ -386,7 +386,7 @@ fn a_checkout_cannot_damage_the_store_for_good() {
     require_root();
     let reg = Registry::start();
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
-    let config = r#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/usr/bin/run.sh"], "env": ["PATH=/bin"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}, "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}], "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}"#;
+    let config = SIMPLE_CONFIG;
     image(
         work.path(),
         &reg,
@@ -417,7 +417,7 @@ fn a_checkout_cannot_damage_the_store_for_good() {
     let e = w.fails(&["containers", "verify", "before"]);
     assert!(e.contains("/usr/bin/run.sh"), "{e}");
 
-    let out = w.ok(&["images", "verify", "--repair", "shared:1"]);
+    let out = w.ok_text(&["images", "verify", "--repair", "shared:1"]);
     assert!(out.contains("Repaired"), "{out}");
     w.ok(&["images", "verify", "shared:1"]);
     w.ok(&["install", "--system", "--name", "after", "shared:1"]);
@@ -462,7 +462,7 @@ fn apply_orders_by_the_rendered_units() {
     require_root();
     let reg = Registry::start();
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
-    let config = r#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/usr/bin/run.sh"], "env": ["PATH=/bin"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}, "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}], "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}"#;
+    let config = SIMPLE_CONFIG;
     // The upstream flannel shape: dependencies through variables with manifest defaults.
     let flannel_unit = "[Unit]\nDescription=Flanneld overlay address etcd agent\nAfter=network.target\nAfter=network-online.target\nWants=network-online.target\nAfter=$AFTER\nBefore=docker.service\n\n[Service]\nType=notify\nNotifyAccess=all\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nRestart=on-failure\nWorkingDirectory=$DESTDIR\nRuntimeDirectory=${NAME}\n\n[Install]\nWantedBy=multi-user.target\nRequiredBy=$REQUIRED_BY\n";
     image(
@@ -562,7 +562,7 @@ fn refusals_leave_the_host_as_it_was() {
     let reg = Registry::start();
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
     atomic_images(work.path(), &reg);
-    let config = r#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/usr/bin/run.sh"], "env": ["PATH=/bin"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}, "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}], "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}"#;
+    let config = SIMPLE_CONFIG;
     image(
         work.path(),
         &reg,

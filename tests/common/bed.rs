@@ -12,6 +12,12 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_syscont");
 /// Where deployments live inside the testbed.
 pub const CHECKOUT: &str = "/var/lib/containers/atomic";
 
+/// An OCI runtime config for a busybox image: `/usr/bin/run.sh` with a read-only root.
+pub const SIMPLE_CONFIG: &str = r#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/usr/bin/run.sh"], "env": ["PATH=/bin"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}, "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}], "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}"#;
+
+/// A unit running the container in the foreground.
+pub const SIMPLE_UNIT: &str = "[Unit]\nDescription=$NAME\n[Service]\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nWorkingDirectory=$DESTDIR\n[Install]\nWantedBy=multi-user.target\n";
+
 /// The registry, the images and a booted testbed.
 pub struct Bed {
     pub reg: Registry,
@@ -133,6 +139,18 @@ impl Bed {
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs and asserts success; returns stdout and stderr (progress and notes).
+    pub fn ok_text(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        let t = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "syscont {args:?} failed:\n{t}");
+        t
     }
 
     pub fn fails(&self, args: &[&str]) -> String {

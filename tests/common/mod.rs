@@ -110,6 +110,8 @@ pub enum Fault {
     /// Flip bytes of the first layer blob only (damage on the way); serve later requests
     /// as they are.
     CorruptFirstBlob,
+    /// Stall the small blobs (the image config): send the headers and nothing more.
+    StallConfig,
 }
 
 /// An HTTP/1.1 proxy on 127.0.0.1 in front of the registry, injecting one fault into layer
@@ -192,9 +194,15 @@ impl FaultProxy {
                     let Some((_status, headers, mut body)) = forward(&upstream, &head) else {
                         return;
                     };
-                    let is_blob = path.contains("/blobs/sha256:")
-                        && first.starts_with("GET")
-                        && body.len() > 1024;
+                    let any_blob = path.contains("/blobs/sha256:") && first.starts_with("GET");
+                    if fault == Fault::StallConfig && any_blob && body.len() <= 1024 {
+                        let _ = s.write_all(&headers);
+                        while !stop3.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        return;
+                    }
+                    let is_blob = any_blob && body.len() > 1024;
                     let once_done = is_blob
                         && fault == Fault::CorruptFirstBlob
                         && fired.swap(true, Ordering::SeqCst);
@@ -454,6 +462,22 @@ impl Syscont {
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs and asserts success; returns stdout and stderr (progress and notes).
+    pub fn ok_text(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success(),
+            "syscont {args:?} failed ({}):\n{text}",
+            o.status
+        );
+        text
     }
 
     /// Runs and asserts failure; returns stderr + stdout.
