@@ -134,6 +134,22 @@ for daemon in dockerd containerd podman conmon crio; do
 done
 echo "No dockerd, containerd, podman, conmon or crio process is running."
 
+say "For scripts: whole names, formats, exit codes; warnings on stderr"
+on "$SYSCONT" containers list -q
+on "$SYSCONT" containers list --format '{{.name}}: {{.state}} since {{.created}}'
+on "$SYSCONT" images list --format json
+# Like podman run: a one-off command ends with the container's own status.
+on "$SYSCONT" run etcd sh -c 'exit 7' && status=0 || status=$?
+echo "exit status: $status"
+[ "$status" = 7 ]
+# A misspelled value is not silently ignored; a different install of a name is refused.
+printf '\033[1m# %s\033[0m\n' "$SYSCONT install --dry-run --name etcd2 --set ETCD_PROT=1 etcd > plan.txt"
+tb "$SYSCONT" install --dry-run --name etcd2 --set ETCD_PROT=1 etcd > "$WORK/plan.txt"
+on head -n 3 "$WORK/plan.txt"
+on "$SYSCONT" install --system --set ETCD_PORT=2379 etcd && status=0 || status=$?
+echo "exit status: $status"
+[ "$status" = 2 ]
+
 say "Update with a new value (into the other slot, health-checked), then roll back"
 on "$SYSCONT" run etcd etcdctl \
     put /demo/network '{"Network": "10.50.0.0/16"}'

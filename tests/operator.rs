@@ -458,6 +458,34 @@ fn no_silent_no_ops() {
     );
     assert_eq!(w.read(&format!("{CHECKOUT}/warned.0/config.json")), before);
     assert!(!w.exists(&format!("{CHECKOUT}/warned.1")));
+
+    // Completion offers the installed containers and the stored images.
+    let gen = tempfile::tempdir_in("/var/tmp").unwrap();
+    let g = std::process::Command::new(env!("CARGO_BIN_EXE_syscont-gen"))
+        .arg(gen.path())
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", text(&g));
+    std::os::unix::fs::symlink(BIN, gen.path().join("syscont")).unwrap();
+    let script = gen.path().join("complete.bash");
+    std::fs::write(
+        &script,
+        format!(
+            "PATH={dir}:$PATH; . {dir}/completions/syscont.bash\n\
+             COMP_WORDS=(\"$@\"); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+             _syscont_with_names; printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+            dir = gen.path().display()
+        ),
+    )
+    .unwrap();
+    let complete =
+        |words: &str| w.tb.sh_ok(&format!("bash {} {words}", script.display()));
+    let names = complete("syscont uninstall ''");
+    assert_eq!(names.trim(), "warned", "{names}");
+    let names = complete("syscont containers update w");
+    assert_eq!(names.trim(), "warned", "{names}");
+    let images = complete("syscont images info ''");
+    assert!(images.lines().any(|l| l.ends_with("tool:1")), "{images}");
     w.ok(&["uninstall", "warned"]);
 }
 
