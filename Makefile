@@ -18,6 +18,7 @@ release: deps
 	$(CARGO) build --release
 
 lint: deps
+	./packaging/check-layers.py
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features failpoints,fuzzing -- -D warnings

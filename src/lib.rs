@@ -1,44 +1,32 @@
 //! syscont: system containers from OCI images, stored in OSTree and run by systemd.
 //!
-//! The binary is a thin shell around [`cli::main`]; every concern has its own module.
+//! The binary is a thin shell around [`cli::main`]. The folders are the layers of the
+//! program, and imports run one way only, from the top down:
+//!
+//! ```text
+//! cli        the clap tree, dispatch, parsing of arguments, printing of tables and JSON
+//! container  the lifecycle behind one `Host`: install, update, rollback, uninstall, run,
+//!            list, verify, apply, doctor       build   `syscont build`, OCI layouts
+//! store      the OSTree store: pull, tar import, checkout, commits
+//! template   $VAR and Tera rendering, values, the runtime config check, /exports
+//! host       systemd over D-Bus, the OCI runtime, host files
+//! fleet      coordination of updates across hosts (etcd, FleetLock)
+//! image      references, registries.conf, policy, skopeo and its image proxy
+//! util       files, processes, output, time, scope, confined reads of a rootfs
+//! ```
+//!
+//! `make lint` checks the direction (packaging/check-layers.py).
 
 pub mod cli;
 pub mod error;
 
-pub(crate) mod apply;
-pub(crate) mod checkout;
-pub(crate) mod cmdutil;
+pub(crate) mod build;
 pub(crate) mod container;
-pub(crate) mod deploy;
-pub(crate) mod doctor;
-pub(crate) mod dollar;
-pub(crate) mod exports;
-pub mod failpoint;
 pub mod fleet;
-pub mod format;
-pub(crate) mod fsutil;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub(crate) mod hostfs;
-pub(crate) mod imagebuild;
-pub(crate) mod images;
-pub mod manual;
-pub(crate) mod mount;
-pub(crate) mod output;
-pub(crate) mod policy;
-pub(crate) mod proxy;
-pub(crate) mod pull;
-pub(crate) mod reference;
-pub(crate) mod registries;
-pub(crate) mod rootfs;
-pub(crate) mod runtime;
-pub(crate) mod runtime_config;
-pub(crate) mod scope;
-pub(crate) mod skopeo;
+pub(crate) mod host;
+pub(crate) mod image;
 pub(crate) mod store;
-pub(crate) mod switch;
-pub(crate) mod systemd;
-pub(crate) mod tarimport;
-pub(crate) mod templates;
-pub(crate) mod units;
-pub(crate) mod verify;
+pub(crate) mod template;
+pub mod util;

@@ -478,8 +478,7 @@ fn no_silent_no_ops() {
         ),
     )
     .unwrap();
-    let complete =
-        |words: &str| w.tb.sh_ok(&format!("bash {} {words}", script.display()));
+    let complete = |words: &str| w.tb.sh_ok(&format!("bash {} {words}", script.display()));
     let names = complete("syscont uninstall ''");
     assert_eq!(names.trim(), "warned", "{names}");
     let names = complete("syscont containers update w");

@@ -2166,7 +2166,7 @@ fn crash_matrix() {
         "1",
         name,
     ];
-    for fp in syscont::failpoint::ALL {
+    for fp in syscont::util::failpoint::ALL {
         let op = fp.split('.').next().unwrap();
         match op {
             "pull" => {
@@ -2233,7 +2233,7 @@ fn crash_matrix() {
         w.gone(name);
     }
     // The switch a rollback shares with an update, killed during a rollback.
-    for fp in syscont::failpoint::ALL
+    for fp in syscont::util::failpoint::ALL
         .iter()
         .filter(|f| f.starts_with("switch."))
     {

@@ -33,7 +33,7 @@ fn roff_text(s: &str) -> String {
 /// The sections of `syscont::manual` for the command at `path`, as roff.
 fn manual_sections(path: &str) -> String {
     let mut out = String::new();
-    for s in syscont::manual::sections(path) {
+    for s in syscont::cli::manual::sections(path) {
         out.push_str(&format!(".SH \"{}\"\n", s.title));
         for (term, text) in &s.entries {
             if s.title == "EXAMPLES" {
@@ -157,7 +157,7 @@ fn run(out: &Path) -> Result<()> {
     std::fs::create_dir_all(&man5).with_context(|| format!("creating {}", man5.display()))?;
     std::fs::write(
         man5.join("syscont-host.toml.5"),
-        syscont::manual::HOST_TOML_PAGE,
+        syscont::cli::manual::HOST_TOML_PAGE,
     )
     .context("writing syscont-host.toml.5")?;
 

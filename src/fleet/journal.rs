@@ -11,7 +11,7 @@
 //!   missing entry is not an error.
 //! - Container names are single path elements (no `/`, not starting with `.`).
 
-use crate::fsutil::atomic_write;
+use crate::util::fsutil::atomic_write;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ pub fn read(dir: &Path, container: &str) -> Result<Option<JournalEntry>> {
 pub fn remove(dir: &Path, container: &str) -> Result<()> {
     let p = path(dir, container)?;
     match std::fs::remove_file(&p) {
-        Ok(()) => crate::fsutil::fsync_dir(dir),
+        Ok(()) => crate::util::fsutil::fsync_dir(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("Removing the fleet journal {}", p.display())),
     }

@@ -335,7 +335,7 @@ impl Coordinator {
                 let record = HolderRecord {
                     id: id.into(),
                     host: holder.host.clone(),
-                    since: records::now_rfc3339(),
+                    since: crate::util::time::now_rfc3339(),
                     container: holder.container.clone(),
                     digest: holder.digest.clone(),
                 };

@@ -18,7 +18,7 @@
 //!   removed only by an explicit unblock.
 
 use super::etcd::{Client, Compare, EtcdError, Op, Txn};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeSet;
 
 /// The prefix of airlock's keys.
@@ -104,6 +104,68 @@ pub fn validate_digest(digest: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The value of airlock's semaphore key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemaphoreValue {
+    /// How many holders the group allows at once.
+    pub total_slots: u64,
+    /// The ids holding a slot, sorted.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub holders: Vec<String>,
+}
+
+impl SemaphoreValue {
+    /// An empty semaphore with `slots` slots.
+    pub fn new(slots: u64) -> SemaphoreValue {
+        SemaphoreValue {
+            total_slots: slots,
+            holders: Vec::new(),
+        }
+    }
+
+    /// Parses a stored value (airlock's or ours).
+    pub fn from_json(value: &[u8]) -> Result<SemaphoreValue, String> {
+        serde_json::from_slice(value).map_err(|e| format!("not a semaphore value: {e}"))
+    }
+
+    /// The stored form: compact JSON, holders sorted and unique.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = self.clone();
+        v.holders.sort();
+        v.holders.dedup();
+        serde_json::to_vec(&v).expect("a semaphore serialises")
+    }
+
+    /// Whether `id` holds a slot.
+    pub fn holds(&self, id: &str) -> bool {
+        self.holders.iter().any(|h| h == id)
+    }
+
+    /// Adds `id` if a slot is free; false when full.
+    pub fn add(&mut self, id: &str) -> bool {
+        if self.holds(id) {
+            return true;
+        }
+        if self.holders.len() as u64 >= self.total_slots {
+            return false;
+        }
+        self.holders.push(id.to_string());
+        self.holders.sort();
+        true
+    }
+
+    /// Removes `id`; false when it held no slot.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let before = self.holders.len();
+        self.holders.retain(|h| h != id);
+        self.holders.len() != before
+    }
+}
+
 /// Who holds a slot, for status and for an operator deciding whether a holder is dead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderRecord {
@@ -156,36 +218,6 @@ pub struct GroupStatus {
     pub holders: Vec<HolderStatus>,
     /// The digests recorded as failed, sorted by digest.
     pub failed: Vec<FailureRecord>,
-}
-
-/// Formats a time as RFC 3339 UTC with seconds (`2024-05-01T12:00:00Z`).
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Now, as RFC 3339 UTC.
-pub fn now_rfc3339() -> String {
-    rfc3339(std::time::SystemTime::now())
 }
 
 fn parse_record<T: for<'de> Deserialize<'de>>(key: &str, value: &[u8]) -> Option<T> {
@@ -283,7 +315,7 @@ pub fn status(etcd: &Client, group: &str) -> Result<GroupStatus, EtcdError> {
     };
     let r = etcd.txn(&txn, &format!("reading the status of group {group}"))?;
     let sem = r.kv(0).and_then(|kv| {
-        super::semaphore::SemaphoreValue::from_json(&kv.value)
+        SemaphoreValue::from_json(&kv.value)
             .map_err(|e| tracing::warn!("{sem_key}: {e}"))
             .ok()
     });
@@ -383,19 +415,5 @@ mod tests {
         for bad in ["sha256", "sha256:xyz", ":abc", "sha256:ab/cd", "SHA256:00"] {
             assert!(validate_digest(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        use std::time::{Duration, UNIX_EPOCH};
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            "2023-11-14T22:13:20Z"
-        );
     }
 }

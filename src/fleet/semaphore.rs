@@ -16,74 +16,13 @@
 //! - A lost compare-and-swap is retried a bounded number of times with a short random pause.
 
 use super::etcd::{Client, Compare, EtcdError, Op, Txn};
-use super::records::{failed_key, holder_key, semaphore_key, FailureRecord, HolderRecord};
-use serde::{Deserialize, Deserializer, Serialize};
+use super::records::{
+    failed_key, holder_key, semaphore_key, FailureRecord, HolderRecord, SemaphoreValue,
+};
 use std::time::Duration;
 
 /// How many times a lost compare-and-swap is retried.
 const MAX_ATTEMPTS: u32 = 40;
-
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
-}
-
-/// The value of airlock's semaphore key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SemaphoreValue {
-    /// How many holders the group allows at once.
-    pub total_slots: u64,
-    /// The ids holding a slot, sorted.
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub holders: Vec<String>,
-}
-
-impl SemaphoreValue {
-    /// An empty semaphore with `slots` slots.
-    pub fn new(slots: u64) -> SemaphoreValue {
-        SemaphoreValue {
-            total_slots: slots,
-            holders: Vec::new(),
-        }
-    }
-
-    /// Parses a stored value (airlock's or ours).
-    pub fn from_json(value: &[u8]) -> Result<SemaphoreValue, String> {
-        serde_json::from_slice(value).map_err(|e| format!("not a semaphore value: {e}"))
-    }
-
-    /// The stored form: compact JSON, holders sorted and unique.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut v = self.clone();
-        v.holders.sort();
-        v.holders.dedup();
-        serde_json::to_vec(&v).expect("a semaphore serialises")
-    }
-
-    /// Whether `id` holds a slot.
-    pub fn holds(&self, id: &str) -> bool {
-        self.holders.iter().any(|h| h == id)
-    }
-
-    /// Adds `id` if a slot is free; false when full.
-    pub fn add(&mut self, id: &str) -> bool {
-        if self.holds(id) {
-            return true;
-        }
-        if self.holders.len() as u64 >= self.total_slots {
-            return false;
-        }
-        self.holders.push(id.to_string());
-        self.holders.sort();
-        true
-    }
-
-    /// Removes `id`; false when it held no slot.
-    pub fn remove(&mut self, id: &str) -> bool {
-        let before = self.holders.len();
-        self.holders.retain(|h| h != id);
-        self.holders.len() != before
-    }
-}
 
 /// The answer to [`Semaphore::acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -140,7 +140,7 @@ impl Backend {
         let holder = body.syscont_params.map(|s| HolderRecord {
             id: id.clone(),
             host: s.host,
-            since: records::now_rfc3339(),
+            since: crate::util::time::now_rfc3339(),
             container: s.container,
             digest: s.digest,
         });

@@ -1,0 +1,336 @@
+//! Switching a container between its deployment slots (update, rollback), so that an
+//! interruption at any moment ends with a complete deployment running.
+//!
+//! A switch goes: record → guard → stop → host files, units, info → flip the `NAME` link
+//! → reload → start → watch → end. The pieces:
+//!
+//! - **The record** `CHECKOUT/.NAME.switch` (from, to, whether the service ran) is written
+//!   before anything the service uses changes, and removed when the switch is over. While
+//!   it exists, the switch is unfinished.
+//! - **The guard**: before the record, syscont starts a transient systemd service,
+//!   `syscont-guard-NAME-PID.service`, that waits for this syscont process to exit and
+//!   then runs [`recover`]. It runs under systemd, so a `kill -9` of syscont at any
+//!   moment is followed within a second by a recovery that needs no other command.
+//! - **Recovery** ([`recover`]), also run by every later command on the container (with
+//!   its lock held) and by `syscont apply` at boot: the link is the commit point. Link on
+//!   the old slot: the old slot's host files, units and tmpfiles are put back. Link on the
+//!   new slot: the new slot's are made complete. Then systemd reloads, and a service that
+//!   ran before the switch is started on the slot the link points at (restarted if it
+//!   still runs another slot's bundle). If the new version of an update does not start,
+//!   recovery switches back to the old one.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::container::deploy::{Deployments, Info};
+use crate::container::units::{self, publish_units, tmpfiles, unit_name, JOB_TIMEOUT};
+use crate::host::hostfs;
+use crate::host::systemd::Systemd;
+use crate::template::exports::ExportsManifest;
+use crate::template::{self, RenderValues};
+use crate::util::fsutil;
+use crate::util::output;
+use crate::util::rootfs::RootFs;
+
+/// What a switch in progress is doing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SwitchRecord {
+    /// `update` or `rollback`.
+    pub op: String,
+    /// The slot the service ran from.
+    pub from: u8,
+    /// The slot being switched to.
+    pub to: u8,
+    /// Whether the service ran before the switch (it is to run afterwards).
+    pub was_active: bool,
+}
+
+fn record_path(deps: &Deployments, name: &str) -> PathBuf {
+    deps.root.join(format!(".{name}.switch"))
+}
+
+/// The marker older syscont versions left for a service stopped for a switch.
+fn legacy_marker(deps: &Deployments, name: &str) -> PathBuf {
+    deps.root.join(format!(".{name}.stopped-for-switch"))
+}
+
+/// The unfinished switch of `name`, if any.
+pub(crate) fn pending(deps: &Deployments, name: &str) -> Option<SwitchRecord> {
+    if let Ok(b) = std::fs::read(record_path(deps, name)) {
+        if let Ok(r) = serde_json::from_slice(&b) {
+            return Some(r);
+        }
+    }
+    let slot = deps.active_slot(name)?;
+    legacy_marker(deps, name).exists().then(|| SwitchRecord {
+        op: "switch".into(),
+        from: slot,
+        to: slot,
+        was_active: true,
+    })
+}
+
+/// Starts the guard of this process's switch of `name` (see the module doc). `cli_args`
+/// are the global options the guard needs to find the same deployments and store.
+fn start_guard(sd: &Systemd, name: &str, cli_args: &[String]) -> Result<()> {
+    let exe = std::env::current_exe().context("Finding the syscont binary for the guard")?;
+    let pid = std::process::id();
+    let mut argv = vec![exe.display().to_string()];
+    argv.extend(cli_args.iter().cloned());
+    argv.extend([
+        "internal".into(),
+        "recover".into(),
+        "--after-pid".into(),
+        pid.to_string(),
+        name.into(),
+    ]);
+    // '@' separates template instances in unit names; escape it as systemd-escape does.
+    // One process may switch several containers (apply, update --all): number them.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let unit = format!(
+        "syscont-guard-{}-{pid}-{n}.service",
+        name.replace('@', "\\x40")
+    );
+    sd.start_transient(
+        &unit,
+        &format!("syscont: completes the switch of {name} if syscont stops in the middle"),
+        &argv,
+        Duration::from_secs(30),
+    )
+    .with_context(|| format!("Starting the guard {unit} of the switch"))
+}
+
+/// The guard itself (`syscont internal recover --after-pid PID NAME`, run by systemd):
+/// tells systemd it is ready, waits for the syscont process `pid` to exit however it
+/// exits, then recovers `name` under its lock. Nothing is left to do when that process
+/// ended its switch itself.
+pub(crate) fn guard(deps: &Deployments, name: &str, pid: u32) -> Result<()> {
+    use rustix::event::{PollFd, PollFlags};
+    let watched = rustix::process::Pid::from_raw(pid as i32)
+        .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()));
+    crate::host::systemd::notify(&["READY=1"]);
+    if let Some(Ok(fd)) = watched {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let second = rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        loop {
+            match rustix::event::poll(&mut fds, Some(&second)) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e).context("Waiting for the syscont process"),
+                Ok(0) if pending(deps, name).is_some() => continue,
+                // The process exited, or it ended its switch itself.
+                Ok(_) => break,
+            }
+        }
+    }
+    let _lock = deps.lock(name)?;
+    if pending(deps, name).is_some() {
+        recover(deps, name)?;
+    }
+    Ok(())
+}
+
+/// Begins a switch: the guard, then the record. Nothing the service uses has changed yet.
+pub(crate) fn begin(
+    sd: &Systemd,
+    deps: &Deployments,
+    name: &str,
+    rec: &SwitchRecord,
+    cli_args: &[String],
+) -> Result<()> {
+    start_guard(sd, name, cli_args)?;
+    let mut buf = serde_json::to_vec_pretty(rec)?;
+    buf.push(b'\n');
+    fsutil::atomic_write(&record_path(deps, name), &buf, 0o644)
+}
+
+/// Ends a switch: the service runs from the slot the link points at, or was not to run.
+pub(crate) fn end(deps: &Deployments, name: &str) {
+    let _ = std::fs::remove_file(record_path(deps, name));
+    let _ = std::fs::remove_file(legacy_marker(deps, name));
+}
+
+/// Stops the service before its deployment is switched, when it runs; returns whether it
+/// is to run again afterwards.
+pub(crate) fn is_running(sd: &Systemd, name: &str, has_service: bool) -> bool {
+    has_service
+        && sd
+            .unit_state(&unit_name(name))
+            .map(|s| s.active_state == "active" || s.active_state == "activating")
+            .unwrap_or(false)
+}
+
+/// Starts the unit on the current files and waits through the probation time.
+pub(crate) fn restart_and_watch(sd: &Systemd, name: &str, probation: Duration) -> Result<()> {
+    let unit = unit_name(name);
+    let _ = sd.reset_failed(&unit);
+    tmpfiles("--create", name)?;
+    sd.start(&unit, JOB_TIMEOUT)?;
+    crate::util::failpoint::hit("update.restarted");
+    sd.wait_active(&unit, probation)
+}
+
+/// The deployment slot whose bundle the container runs, as the runtime reports it.
+fn running_slot(deps: &Deployments, name: &str, info: &Info) -> Option<u8> {
+    let st = crate::host::runtime::state(Path::new(&info.runtime), name)?;
+    if st.status != "running" {
+        return None;
+    }
+    [0, 1]
+        .into_iter()
+        .find(|s| st.bundle == deps.slot_dir(name, *s))
+}
+
+/// Finishes or reverts an interrupted switch of `name` (the caller holds its lock), and
+/// puts back units that differ from the active slot's. Returns whether it did anything.
+pub(crate) fn recover(deps: &Deployments, name: &str) -> Result<bool> {
+    let Some(slot) = deps.active_slot(name) else {
+        end(deps, name);
+        return Ok(false);
+    };
+    let rec = pending(deps, name);
+    let stale = units::units_stale(deps, name, slot);
+    let Some(rec) = rec else {
+        if stale {
+            units::republish_if_stale(deps, name, slot)?;
+            Systemd::connect()?.reload()?;
+        }
+        return Ok(stale);
+    };
+    output::status(format!(
+        "Completing the interrupted {} of {name}: it goes on from {}.",
+        rec.op,
+        deps.slot_dir(name, slot).display()
+    ));
+    let sd = Systemd::connect()?;
+    let mut info = deps.read_info(name, slot)?;
+    if slot != rec.to && rec.from != rec.to {
+        // The link was not flipped: the old slot's host files and units come back.
+        let other = deps.read_info(name, rec.to).unwrap_or_default();
+        switch_to(deps, name, slot, &other, &mut info)
+            .with_context(|| format!("Restoring the files of {name}"))?;
+    } else {
+        units::republish_if_stale(deps, name, slot)?;
+    }
+    sd.reload()?;
+    tmpfiles("--create", name)?;
+    if rec.was_active && info.has_container_service {
+        if let Err(e) = run_slot(&sd, deps, name, &info, slot) {
+            if rec.op != "update" || slot != rec.to {
+                return Err(e);
+            }
+            output::status(format!(
+                "The new version of {name} does not start ({e:#}); going back to {}.",
+                deps.slot_dir(name, rec.from).display()
+            ));
+            let _ = sd.stop(&unit_name(name), JOB_TIMEOUT);
+            let _ = tmpfiles("--remove", name);
+            let mut back = deps.read_info(name, rec.from)?;
+            switch_to(deps, name, rec.from, &info, &mut back)?;
+            sd.reload()?;
+            run_slot(&sd, deps, name, &back, rec.from)?;
+        }
+    }
+    end(deps, name);
+    Ok(true)
+}
+
+/// Makes the service run from `slot`: started when it is not running, restarted when it
+/// still runs the other slot's bundle.
+fn run_slot(sd: &Systemd, deps: &Deployments, name: &str, info: &Info, slot: u8) -> Result<()> {
+    let unit = unit_name(name);
+    let st = sd.unit_state(&unit)?;
+    let active = st.active_state == "active" || st.active_state == "activating";
+    if active {
+        match running_slot(deps, name, info) {
+            Some(s) if s != slot => sd.stop(&unit, JOB_TIMEOUT)?,
+            _ => return Ok(()),
+        }
+    }
+    restart_and_watch(sd, name, Duration::ZERO)
+}
+
+/// Makes `slot` the active deployment: host files, units, tmpfiles, symlink. The service
+/// must be stopped by the caller. `from` is the info of the slot being left.
+pub(crate) fn switch_to(
+    deps: &Deployments,
+    name: &str,
+    slot: u8,
+    from: &Info,
+    to: &mut Info,
+) -> Result<()> {
+    let dir = deps.slot_dir(name, slot);
+    // Host files of the target, rendered with the target's own values (Atomic's bug 11).
+    let image = RootFs::open(&dir.join("rootfs"))?;
+    let engine = ExportsManifest::read(&image)?.engine()?;
+    let rv = RenderValues {
+        values: to.values.clone(),
+        json: to.syscont.set_json.clone(),
+        given: to.set_values().keys().cloned().collect(),
+    };
+    let render_host = |text: &str, dest: &str| template::render(engine, text, dest, &rv, false);
+    let mut plan = hostfs::plan(
+        &image,
+        &to.rename_installed_files,
+        &to.installed_files_template,
+        &render_host,
+    )?;
+    // As Atomic: a host file the operator changed stays as it is; the new version is not
+    // installed and the file is no longer tracked. Unlike Atomic, say so.
+    // Ours is what either deployment installed (a rollback's target recorded its own files).
+    let mut ours = to.installed_files_checksum.clone();
+    ours.extend(from.installed_files_checksum.clone());
+    let modified = hostfs::modified_by_hand(Path::new("/"), &plan, &ours);
+    for path in &modified {
+        output::status(format!(
+            "Will not overwrite {path} as it was manually modified; the new version is not installed and the file is no longer tracked."
+        ));
+        plan.entries.remove(path);
+    }
+    let conflicts = hostfs::conflicts(Path::new("/"), &plan, &from.installed_files_checksum)?;
+    if !conflicts.is_empty() {
+        bail!(
+            "host files changed by hand block the switch of {name}: {}",
+            conflicts.join(", ")
+        );
+    }
+    let kept = hostfs::remove(
+        Path::new("/"),
+        &from.installed_files_checksum,
+        &[],
+        &plan
+            .entries
+            .keys()
+            .filter_map(|k| {
+                from.installed_files_checksum
+                    .get(k)
+                    .map(|c| (k.clone(), c.clone()))
+            })
+            .collect(),
+    );
+    for k in kept.iter().filter(|k| !modified.contains(k)) {
+        output::status(format!("Will not delete {k} as it was manually modified."));
+    }
+    crate::util::failpoint::hit("switch.hostfs-removed");
+    // Record what is about to be written, so an interruption cannot orphan a host file.
+    let mut planned = to.installed_files_checksum.clone();
+    planned.extend(hostfs::planned_checksums(&plan));
+    to.installed_files_checksum = planned;
+    deps.write_info(name, slot, to)?;
+    let installed = hostfs::apply(Path::new("/"), &plan)?;
+    crate::util::failpoint::hit("switch.hostfs-applied");
+    to.installed_files_checksum = installed.checksums;
+    let mut dirs = from.syscont.created_dirs.clone();
+    dirs.extend(installed.created_dirs);
+    dirs.sort();
+    dirs.dedup();
+    to.syscont.created_dirs = dirs;
+    deps.write_info(name, slot, to)?;
+    publish_units(deps, name, slot)?;
+    crate::util::failpoint::hit("switch.units-published");
+    deps.activate(name, slot)
+}
