@@ -2,17 +2,19 @@
 //!
 //! Doc comments on these items are the user documentation (`--help` and man pages).
 
+pub(crate) mod dispatch;
+pub(crate) mod format;
 pub mod manual;
+pub(crate) mod plan;
+pub(crate) mod print;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::cli::format::Format;
 use crate::image::skopeo::{FetchOptions, RegistryOptions};
-use crate::store::StoreConfig;
-use crate::util::format::Format;
-use crate::util::output::outln;
 
 /// syscont installs system containers: OCI images stored in OSTree, run by runc under systemd.
 #[derive(Debug, Parser)]
@@ -539,13 +541,6 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-fn split_command(s: Option<String>) -> Option<Vec<String>> {
-    s.map(|s| match serde_json::from_str::<Vec<String>>(&s) {
-        Ok(v) => v,
-        Err(_) => vec![s],
-    })
-}
-
 /// The clap tree with the manual's sections (exit status, environment, files, examples)
 /// attached to every command's `--help`; `syscont-gen` writes the man pages from it.
 pub fn command() -> clap::Command {
@@ -573,177 +568,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
     let matches = command().get_matches_from(args);
     let opt =
         <Opt as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let g = &opt.global;
-    init_logging(g.verbose);
-    crate::util::output::set_quiet(g.quiet);
-    let store = StoreConfig {
-        repo: g.repo.clone(),
-        checkout_path: g
-            .checkout_path
-            .clone()
-            .unwrap_or_else(crate::util::scope::default_checkout_path),
-    };
-    match opt.command {
-        Command::Install(i) => {
-            let user = crate::util::scope::is_user();
-            if i.user && !user {
-                anyhow::bail!(
-                    "--user does not work as root: root installs system containers (--system)"
-                );
-            }
-            if i.system && user {
-                anyhow::bail!(
-                    "--system needs root; as a user, syscont installs your own rootless containers (--user, the default)"
-                );
-            }
-            let o = crate::container::InstallOpts {
-                image: i.image,
-                name: i.name,
-                set: i.set,
-                set_json: i.set_json,
-                rootfs: i.rootfs,
-                runtime: i.runtime,
-                start: i.start,
-                fetch: Some(i.fetch.into()),
-            };
-            if i.dry_run {
-                crate::container::apply::install_dry_run(&store, &o)
-            } else {
-                crate::container::install(&store, &o)
-            }
-        }
-        Command::Apply { dry_run, file } => crate::container::apply::apply(
-            &store,
-            &crate::container::apply::ApplyOpts { file, dry_run },
-        ),
-        Command::Uninstall { name } => crate::container::uninstall(&store, &name),
-        Command::Containers(c) => match c {
-            ContainersCommand::List {
-                all,
-                json,
-                format,
-                no_trunc,
-                filters,
-            } => crate::container::list(
-                &store,
-                &crate::container::ListOpts {
-                    all,
-                    format: format.get(json),
-                    no_trunc,
-                    filters,
-                },
-            ),
-            ContainersCommand::Update {
-                all,
-                set,
-                set_json,
-                rebase,
-                pull,
-                no_rollback,
-                force,
-                dry_run,
-                probation,
-                fetch,
-                name,
-            } => {
-                let o = crate::container::UpdateOpts {
-                    set,
-                    set_json,
-                    rebase,
-                    pull,
-                    no_rollback,
-                    probation: std::time::Duration::from_secs(probation),
-                    fetch: Some(fetch.into()),
-                    replace_values: false,
-                    runtime: None,
-                    force,
-                };
-                match (all, name) {
-                    (false, Some(n)) if dry_run => {
-                        crate::container::apply::update_dry_run(&store, &n, &o)
-                    }
-                    (true, _) => crate::container::update_all(&store, &o),
-                    (false, Some(n)) => crate::container::update(&store, &n, &o).map(|_| ()),
-                    (false, None) => anyhow::bail!("give a container name or --all"),
-                }
-            }
-            ContainersCommand::Rollback { name } => crate::container::rollback(&store, &name),
-            ContainersCommand::Verify { name } => crate::container::verify::verify(&store, &name),
-        },
-        Command::Run {
-            set,
-            target,
-            command,
-        } => crate::container::run(&store, &target, &command, &set),
-        Command::Stop { name } => crate::container::stop(&store, &name),
-        Command::Doctor { format } => crate::container::doctor::doctor(&store, &format.get(false)),
-        Command::Mount { target, dir } => crate::container::mount::mount(&store, &target, &dir),
-        Command::Umount { dir } => crate::container::mount::umount(&dir),
-        Command::Pull(p) => crate::store::pull::pull_cmd(&store, &p.fetch.into(), &p.image),
-        Command::Images(c) => match c {
-            ImagesCommand::List(o) => crate::store::images::list(
-                &store,
-                &crate::store::images::ListOpts {
-                    all: o.all,
-                    format: o.format.get(o.json),
-                    no_trunc: o.no_trunc,
-                    filters: o.filters,
-                },
-            ),
-            ImagesCommand::Info { format, image } => {
-                crate::container::image_info::info(&store, &image, &format.get(false))
-            }
-            ImagesCommand::Inspect {
-                json,
-                format,
-                image,
-            } => crate::store::images::inspect(&store, &image, &format.get(json)),
-            ImagesCommand::Delete { force, images } => {
-                crate::store::images::delete(&store, &images, force)
-            }
-            ImagesCommand::Prune => crate::store::images::prune(&store),
-            ImagesCommand::Tag { src, dst } => crate::store::images::tag(&store, &src, &dst),
-            ImagesCommand::Verify {
-                repair,
-                fetch,
-                image,
-            } => crate::store::images::verify(&store, &image, repair, &fetch.into()),
-            ImagesCommand::Checkout { copy, image, dir } => {
-                crate::store::images::checkout(&store, &image, &dir, copy)
-            }
-            ImagesCommand::Export {
-                registry,
-                image,
-                dest,
-            } => crate::build::export::export(&store, &image, &dest, &registry.into()),
-        },
-        Command::Internal(InternalCommand::Recover { after_pid, name }) => {
-            crate::container::deploy::validate_name(&name)?;
-            let deps = crate::container::deploy::Deployments::new(&store.checkout_path);
-            crate::container::switch::guard(&deps, &name, after_pid)
-        }
-        Command::Build(b) => {
-            let opts = crate::build::BuildOptions {
-                rootfs: b.rootfs,
-                from: b.from,
-                exports: b.exports,
-                entrypoint: split_command(b.entrypoint),
-                cmd: split_command(b.cmd),
-                env: b.env,
-                labels: b.label,
-                workdir: b.workdir,
-                expose: b.expose,
-                volumes: b.volume,
-                tag: b.tag,
-                output: b.output,
-                push: b.push,
-                registry: b.fetch.registry.clone().into(),
-            };
-            let digest = crate::build::export::build(&store, opts, &b.fetch.into())?;
-            outln!("{digest}");
-            Ok(())
-        }
-    }
+    init_logging(opt.global.verbose);
+    crate::util::output::set_quiet(opt.global.quiet);
+    dispatch::dispatch(opt)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::UserError;
 use crate::util::fsutil::{self, Lock};
+use crate::util::scope::Scope;
 
 /// Checks a container name: it becomes a unit name, a path component and a word in
 /// `Exec` lines, so only `[A-Za-z0-9._@-]` are allowed, it must not start with `.` or `-`,
@@ -130,16 +131,72 @@ pub(crate) struct SyscontInfo {
     pub created_dirs: Vec<String>,
 }
 
+/// One of a container's two deployments, `NAME.0` and `NAME.1`: an update or a rollback
+/// always goes to the one that is not active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub(crate) enum Slot {
+    Zero,
+    One,
+}
+
+impl Slot {
+    /// Both slots, `0` first.
+    pub(crate) const BOTH: [Slot; 2] = [Slot::Zero, Slot::One];
+
+    /// The slot that is not this one.
+    pub(crate) fn other(self) -> Slot {
+        match self {
+            Slot::Zero => Slot::One,
+            Slot::One => Slot::Zero,
+        }
+    }
+
+    /// `0` or `1`, as in `NAME.0`.
+    pub(crate) fn index(self) -> u8 {
+        match self {
+            Slot::Zero => 0,
+            Slot::One => 1,
+        }
+    }
+}
+
+impl From<Slot> for u8 {
+    fn from(s: Slot) -> u8 {
+        s.index()
+    }
+}
+
+impl TryFrom<u8> for Slot {
+    type Error = String;
+    fn try_from(n: u8) -> std::result::Result<Slot, String> {
+        match n {
+            0 => Ok(Slot::Zero),
+            1 => Ok(Slot::One),
+            n => Err(format!("a deployment slot is 0 or 1, not {n}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.index())
+    }
+}
+
 /// The deployments directory.
 #[derive(Debug, Clone)]
 pub(crate) struct Deployments {
     pub root: PathBuf,
+    /// Whose deployments (where their locks live).
+    scope: Scope,
 }
 
 impl Deployments {
-    pub(crate) fn new(root: &Path) -> Deployments {
+    pub(crate) fn new(root: &Path, scope: Scope) -> Deployments {
         Deployments {
             root: root.to_path_buf(),
+            scope,
         }
     }
 
@@ -149,17 +206,17 @@ impl Deployments {
     }
 
     /// `CHECKOUT/NAME.N`.
-    pub(crate) fn slot_dir(&self, name: &str, slot: u8) -> PathBuf {
+    pub(crate) fn slot_dir(&self, name: &str, slot: Slot) -> PathBuf {
         self.root.join(format!("{name}.{slot}"))
     }
 
     /// The active slot, from the symlink; `None` when not installed (or the link dangles).
-    pub(crate) fn active_slot(&self, name: &str) -> Option<u8> {
+    pub(crate) fn active_slot(&self, name: &str) -> Option<Slot> {
         let target = std::fs::read_link(self.link(name)).ok()?;
         let fname = target.file_name()?.to_str()?.to_string();
         let slot = match fname.strip_prefix(&format!("{name}."))? {
-            "0" => 0,
-            "1" => 1,
+            "0" => Slot::Zero,
+            "1" => Slot::One,
             _ => return None,
         };
         self.slot_dir(name, slot).is_dir().then_some(slot)
@@ -173,14 +230,14 @@ impl Deployments {
     }
 
     /// Reads a slot's info file.
-    pub(crate) fn read_info(&self, name: &str, slot: u8) -> Result<Info> {
+    pub(crate) fn read_info(&self, name: &str, slot: Slot) -> Result<Info> {
         let p = self.slot_dir(name, slot).join("info");
         let bytes = std::fs::read(&p).with_context(|| format!("Reading {}", p.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("Parsing {}", p.display()))
     }
 
     /// Writes a slot's info file atomically (JSON, indent 4, trailing newline, as Atomic).
-    pub(crate) fn write_info(&self, name: &str, slot: u8, info: &Info) -> Result<()> {
+    pub(crate) fn write_info(&self, name: &str, slot: Slot, info: &Info) -> Result<()> {
         let mut buf = Vec::new();
         let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
         let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
@@ -190,11 +247,11 @@ impl Deployments {
     }
 
     /// Points `NAME` at `NAME.slot` with an atomic rename.
-    pub(crate) fn activate(&self, name: &str, slot: u8) -> Result<()> {
+    pub(crate) fn activate(&self, name: &str, slot: Slot) -> Result<()> {
         fsutil::atomic_symlink(&self.slot_dir(name, slot), &self.link(name))
     }
 
-    /// The per-container lock, in the runtime directory (see [`crate::util::scope::locks_dir`]):
+    /// The per-container lock, in the runtime directory (see [`Scope::locks_dir`]):
     /// one per deployments directory and name.
     pub(crate) fn lock(&self, name: &str) -> Result<Lock> {
         // `/run/syscont/locks`: both directories go once empty.
@@ -206,7 +263,9 @@ impl Deployments {
         use sha2::Digest;
         let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
         let h = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
-        crate::util::scope::locks_dir().join(format!("{}-{name}.lock", hex::encode(&h[..8])))
+        self.scope
+            .locks_dir()
+            .join(format!("{}-{name}.lock", hex::encode(&h[..8])))
     }
 
     /// Whether a syscont command holds the lock of `name` now.
@@ -284,21 +343,24 @@ mod tests {
     #[test]
     fn slots_and_info() {
         let d = tempfile::tempdir().unwrap();
-        let deps = Deployments::new(d.path());
+        let deps = Deployments::new(d.path(), Scope::System);
         assert_eq!(deps.active_slot("etcd"), None);
-        std::fs::create_dir(deps.slot_dir("etcd", 1)).unwrap();
-        deps.activate("etcd", 1).unwrap();
-        assert_eq!(deps.active_slot("etcd"), Some(1));
+        std::fs::create_dir(deps.slot_dir("etcd", Slot::One)).unwrap();
+        deps.activate("etcd", Slot::One).unwrap();
+        assert_eq!(deps.active_slot("etcd"), Some(Slot::One));
         assert!(!deps.is_installed("etcd"));
         let info = Info {
             image: "etcd".into(),
             runtime: "/usr/bin/runc".into(),
             ..Default::default()
         };
-        deps.write_info("etcd", 1, &info).unwrap();
+        deps.write_info("etcd", Slot::One, &info).unwrap();
         assert!(deps.is_installed("etcd"));
-        assert_eq!(deps.read_info("etcd", 1).unwrap().runtime, "/usr/bin/runc");
-        let text = std::fs::read_to_string(deps.slot_dir("etcd", 1).join("info")).unwrap();
+        assert_eq!(
+            deps.read_info("etcd", Slot::One).unwrap().runtime,
+            "/usr/bin/runc"
+        );
+        let text = std::fs::read_to_string(deps.slot_dir("etcd", Slot::One).join("info")).unwrap();
         assert!(
             text.contains("\n    \"has-container-service\": false"),
             "{text}"
@@ -306,5 +368,15 @@ mod tests {
         assert_eq!(deps.names().unwrap(), vec!["etcd".to_string()]);
         assert!(deps.check_free("etcd.1").is_err());
         deps.check_free("other").unwrap();
+    }
+
+    #[test]
+    fn slots_flip_and_keep_their_number_in_json() {
+        assert_eq!(Slot::Zero.other(), Slot::One);
+        assert_eq!(Slot::One.other().other(), Slot::One);
+        assert_eq!(serde_json::to_string(&Slot::One).unwrap(), "1");
+        assert_eq!(serde_json::from_str::<Slot>("0").unwrap(), Slot::Zero);
+        assert!(serde_json::from_str::<Slot>("2").is_err());
+        assert_eq!(format!("{}.{}", "etcd", Slot::One), "etcd.1");
     }
 }

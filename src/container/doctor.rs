@@ -1,17 +1,17 @@
 //! `syscont doctor`: checks what breaks installs on real hosts, each with a fix hint.
 
-use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::container::Host;
 use crate::store::{self, StoreConfig};
 use crate::util::cmdutil::CommandExt;
-use crate::util::output;
 
+/// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-enum Status {
+pub(crate) enum Status {
     Ok,
     Warning,
     Failed,
@@ -19,12 +19,13 @@ enum Status {
 
 /// One check's verdict (its JSON is the same, field for field).
 #[derive(Debug, serde::Serialize)]
-struct Check {
+pub(crate) struct Check {
     #[serde(rename = "check")]
-    what: &'static str,
-    status: Status,
-    detail: String,
-    hint: Option<String>,
+    pub what: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// What to do about it.
+    pub hint: Option<String>,
 }
 
 fn ok(what: &'static str, detail: impl Into<String>) -> Check {
@@ -188,7 +189,11 @@ fn repo_check(cfg: &StoreConfig) -> Vec<Check> {
     ] {
         if let Ok(st) = rustix::fs::statvfs(&p) {
             let free = st.f_bavail * st.f_frsize;
-            let detail = format!("{} free on {}", output::human_size(free), p.display());
+            let detail = format!(
+                "{} free on {}",
+                crate::util::output::human_size(free),
+                p.display()
+            );
             out.push(if free < 1 << 30 && what.contains("store") {
                 bad(
                     what,
@@ -221,8 +226,8 @@ fn cgroup_check() -> Check {
     }
 }
 
-fn systemd_check() -> Check {
-    match crate::host::systemd::Systemd::connect().and_then(|s| s.version()) {
+fn systemd_check(host: &Host) -> Check {
+    match host.systemd().and_then(|s| s.version()) {
         Ok(v) => ok("systemd", format!("reachable over D-Bus, version {v}")),
         Err(e) => bad(
             "systemd",
@@ -233,37 +238,14 @@ fn systemd_check() -> Check {
     }
 }
 
-/// `syscont doctor`. Fails when a check fails; warnings alone do not fail.
-pub(crate) fn doctor(cfg: &StoreConfig, format: &crate::util::format::Format) -> Result<()> {
+/// `syscont doctor`: every check, in order. The command fails when one failed;
+/// warnings alone do not fail.
+pub(crate) fn doctor(host: &Host) -> Vec<Check> {
     let mut checks = vec![runtime_check()];
     checks.extend(skopeo_check());
     checks.push(libostree_check());
-    checks.extend(repo_check(cfg));
+    checks.extend(repo_check(&host.cfg));
     checks.push(cgroup_check());
-    checks.push(systemd_check());
-    crate::util::format::print_rows(format, &checks, |checks| {
-        let rows: Vec<Vec<String>> = checks
-            .iter()
-            .map(|c| {
-                let s = match c.status {
-                    Status::Ok => "ok",
-                    Status::Warning => "warning",
-                    Status::Failed => "FAILED",
-                };
-                vec![c.what.to_string(), s.to_string(), c.detail.clone()]
-            })
-            .collect();
-        let mut text = output::table(&["CHECK", "STATUS", "DETAIL"], &rows);
-        for c in checks {
-            if let Some(h) = &c.hint {
-                text.push_str(&format!("{}: {h}\n", c.what));
-            }
-        }
-        text
-    })?;
-    let failed = checks.iter().filter(|c| c.status == Status::Failed).count();
-    if failed > 0 {
-        bail!("{failed} check(s) failed");
-    }
-    Ok(())
+    checks.push(systemd_check(host));
+    checks
 }

@@ -4,7 +4,8 @@
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::store::{ImageRecord, Store, StoreConfig};
+use crate::container::Host;
+use crate::store::{ImageRecord, Store};
 
 /// The template variables an image's `/exports/*.template` files use, split as Atomic's
 /// `images info` split them: with a default (manifest `defaultValues` and the values the OS
@@ -50,22 +51,18 @@ fn template_variables(
 
 /// `images info` (its JSON is the same, field for field).
 #[derive(Debug, serde::Serialize)]
-struct InfoDoc {
-    name: String,
-    labels: BTreeMap<String, String>,
+pub(crate) struct InfoDoc {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
     /// Variables with a default (the manifest's, or `{SET_BY_OS}`): overridable with --set.
-    with_default: BTreeMap<String, String>,
+    pub with_default: BTreeMap<String, String>,
     /// Variables the templates use that have no default: they must be given with --set.
-    without_default: Vec<String>,
+    pub without_default: Vec<String>,
 }
 
 /// `syscont images info`.
-pub(crate) fn info(
-    cfg: &StoreConfig,
-    image: &str,
-    format: &crate::util::format::Format,
-) -> Result<()> {
-    let store = Store::open(cfg)?;
+pub(crate) fn info(host: &Host, image: &str) -> Result<InfoDoc> {
+    let store = host.open_store()?;
     let img = store.resolve_one(image)?;
     let config = store.config(&img)?;
     let labels = config
@@ -77,31 +74,12 @@ pub(crate) fn info(
                 .collect()
         })
         .unwrap_or_default();
-    let (with_default, without) = template_variables(&store, &img)?;
+    let (with_default, without) = template_variables(store, &img)?;
     let doc = InfoDoc {
         name: img.name.clone(),
         labels,
         with_default,
         without_default: without.into_iter().collect(),
     };
-    // Atomic's text, which its users' scripts grep.
-    crate::util::format::print_one(format, &doc, |d| {
-        let mut t = format!("Image Name: {}\n", d.name);
-        for (k, v) in &d.labels {
-            t.push_str(&format!("{k}: {v}\n"));
-        }
-        t.push_str("\nTemplate variables with default value, but overridable with --set:\n");
-        for (k, v) in &d.with_default {
-            t.push_str(&format!("{k}: {v}\n"));
-        }
-        if !d.without_default.is_empty() {
-            t.push_str(
-                "\nTemplate variables that has no default value, and must be set with --set:\n",
-            );
-            for k in &d.without_default {
-                t.push_str(&format!("{k}: {{DEF_VALUE}}\n"));
-            }
-        }
-        t
-    })
+    Ok(doc)
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-use crate::container::deploy::Deployments;
-use crate::store::{self, Store, StoreConfig};
+use crate::container::Host;
+use crate::store;
 use crate::util::fsutil;
 use crate::util::output;
 
@@ -59,7 +59,7 @@ fn canonical_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 /// `syscont mount IMAGE|NAME DIR`.
-pub(crate) fn mount(cfg: &StoreConfig, what: &str, dir: &Path) -> Result<()> {
+pub(crate) fn mount(host: &Host, what: &str, dir: &Path) -> Result<()> {
     if !store::is_root() {
         bail!("syscont mount needs root (it makes a read-only bind mount)");
     }
@@ -67,7 +67,7 @@ pub(crate) fn mount(cfg: &StoreConfig, what: &str, dir: &Path) -> Result<()> {
     if is_mount_point(&dir)? {
         bail!("{} is already a mount point", dir.display());
     }
-    let deps = Deployments::new(&cfg.checkout_path);
+    let deps = &host.deps;
     let (source, checkout) = match deps.active_slot(what) {
         Some(slot) => {
             let rootfs = deps.slot_dir(what, slot).join("rootfs");
@@ -77,9 +77,9 @@ pub(crate) fn mount(cfg: &StoreConfig, what: &str, dir: &Path) -> Result<()> {
             (rootfs, None)
         }
         None => {
-            let store = Store::open(cfg)?;
+            let store = host.open_store()?;
             let img = store.resolve_one(what)?;
-            let parent = cfg.checkout_path.join(".mounts");
+            let parent = deps.root.join(".mounts");
             let dest = parent.join(record_path(&dir).file_stem().unwrap_or_default());
             if dest.symlink_metadata().is_ok() {
                 // A checkout left behind by a mount that did not finish.
@@ -87,7 +87,7 @@ pub(crate) fn mount(cfg: &StoreConfig, what: &str, dir: &Path) -> Result<()> {
                     .with_context(|| format!("Removing {}", dest.display()))?;
             }
             let _lock = store.lock()?;
-            crate::store::checkout::checkout_image(&store, &img, &dest)?;
+            crate::store::checkout::checkout_image(store, &img, &dest)?;
             (dest.clone(), Some(dest))
         }
     };

@@ -23,8 +23,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::container::deploy::{Deployments, Info};
-use crate::container::units::{self, publish_units, tmpfiles, unit_name, JOB_TIMEOUT};
+use crate::container::deploy::{Deployments, Info, Slot};
+use crate::container::units::{unit_name, JOB_TIMEOUT};
+use crate::container::Host;
 use crate::host::hostfs;
 use crate::host::systemd::Systemd;
 use crate::template::exports::ExportsManifest;
@@ -33,15 +34,34 @@ use crate::util::fsutil;
 use crate::util::output;
 use crate::util::rootfs::RootFs;
 
+/// Which command switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SwitchOp {
+    Update,
+    Rollback,
+    /// A marker of an older syscont (a service stopped for a switch).
+    Switch,
+}
+
+impl std::fmt::Display for SwitchOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwitchOp::Update => "update",
+            SwitchOp::Rollback => "rollback",
+            SwitchOp::Switch => "switch",
+        })
+    }
+}
+
 /// What a switch in progress is doing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SwitchRecord {
-    /// `update` or `rollback`.
-    pub op: String,
+    pub op: SwitchOp,
     /// The slot the service ran from.
-    pub from: u8,
+    pub from: Slot,
     /// The slot being switched to.
-    pub to: u8,
+    pub to: Slot,
     /// Whether the service ran before the switch (it is to run afterwards).
     pub was_active: bool,
 }
@@ -63,8 +83,8 @@ pub(crate) fn pending(deps: &Deployments, name: &str) -> Option<SwitchRecord> {
         }
     }
     let slot = deps.active_slot(name)?;
-    legacy_marker(deps, name).exists().then(|| SwitchRecord {
-        op: "switch".into(),
+    legacy_marker(deps, name).exists().then_some(SwitchRecord {
+        op: SwitchOp::Switch,
         from: slot,
         to: slot,
         was_active: true,
@@ -73,11 +93,11 @@ pub(crate) fn pending(deps: &Deployments, name: &str) -> Option<SwitchRecord> {
 
 /// Starts the guard of this process's switch of `name` (see the module doc). `cli_args`
 /// are the global options the guard needs to find the same deployments and store.
-fn start_guard(sd: &Systemd, name: &str, cli_args: &[String]) -> Result<()> {
+fn start_guard(host: &Host, name: &str) -> Result<()> {
     let exe = std::env::current_exe().context("Finding the syscont binary for the guard")?;
     let pid = std::process::id();
     let mut argv = vec![exe.display().to_string()];
-    argv.extend(cli_args.iter().cloned());
+    argv.extend(host.cli_args());
     argv.extend([
         "internal".into(),
         "recover".into(),
@@ -93,20 +113,22 @@ fn start_guard(sd: &Systemd, name: &str, cli_args: &[String]) -> Result<()> {
         "syscont-guard-{}-{pid}-{n}.service",
         name.replace('@', "\\x40")
     );
-    sd.start_transient(
-        &unit,
-        &format!("syscont: completes the switch of {name} if syscont stops in the middle"),
-        &argv,
-        Duration::from_secs(30),
-    )
-    .with_context(|| format!("Starting the guard {unit} of the switch"))
+    host.systemd()?
+        .start_transient(
+            &unit,
+            &format!("syscont: completes the switch of {name} if syscont stops in the middle"),
+            &argv,
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("Starting the guard {unit} of the switch"))
 }
 
 /// The guard itself (`syscont internal recover --after-pid PID NAME`, run by systemd):
 /// tells systemd it is ready, waits for the syscont process `pid` to exit however it
 /// exits, then recovers `name` under its lock. Nothing is left to do when that process
 /// ended its switch itself.
-pub(crate) fn guard(deps: &Deployments, name: &str, pid: u32) -> Result<()> {
+pub(crate) fn guard(host: &Host, name: &str, pid: u32) -> Result<()> {
+    let deps = &host.deps;
     use rustix::event::{PollFd, PollFlags};
     let watched = rustix::process::Pid::from_raw(pid as i32)
         .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()));
@@ -129,23 +151,17 @@ pub(crate) fn guard(deps: &Deployments, name: &str, pid: u32) -> Result<()> {
     }
     let _lock = deps.lock(name)?;
     if pending(deps, name).is_some() {
-        recover(deps, name)?;
+        recover(host, name)?;
     }
     Ok(())
 }
 
 /// Begins a switch: the guard, then the record. Nothing the service uses has changed yet.
-pub(crate) fn begin(
-    sd: &Systemd,
-    deps: &Deployments,
-    name: &str,
-    rec: &SwitchRecord,
-    cli_args: &[String],
-) -> Result<()> {
-    start_guard(sd, name, cli_args)?;
+pub(crate) fn begin(host: &Host, name: &str, rec: &SwitchRecord) -> Result<()> {
+    start_guard(host, name)?;
     let mut buf = serde_json::to_vec_pretty(rec)?;
     buf.push(b'\n');
-    fsutil::atomic_write(&record_path(deps, name), &buf, 0o644)
+    fsutil::atomic_write(&record_path(&host.deps, name), &buf, 0o644)
 }
 
 /// Ends a switch: the service runs from the slot the link points at, or was not to run.
@@ -160,44 +176,72 @@ pub(crate) fn is_running(sd: &Systemd, name: &str, has_service: bool) -> bool {
     has_service
         && sd
             .unit_state(&unit_name(name))
-            .map(|s| s.active_state == "active" || s.active_state == "activating")
+            .map(|s| s.active_state.is_up())
             .unwrap_or(false)
 }
 
 /// Starts the unit on the current files and waits through the probation time.
-pub(crate) fn restart_and_watch(sd: &Systemd, name: &str, probation: Duration) -> Result<()> {
+pub(crate) fn restart_and_watch(host: &Host, name: &str, probation: Duration) -> Result<()> {
+    let sd = host.systemd()?;
     let unit = unit_name(name);
     let _ = sd.reset_failed(&unit);
-    tmpfiles("--create", name)?;
+    host.units.tmpfiles("--create", name)?;
     sd.start(&unit, JOB_TIMEOUT)?;
     crate::util::failpoint::hit("update.restarted");
     sd.wait_active(&unit, probation)
 }
 
 /// The deployment slot whose bundle the container runs, as the runtime reports it.
-fn running_slot(deps: &Deployments, name: &str, info: &Info) -> Option<u8> {
+fn running_slot(deps: &Deployments, name: &str, info: &Info) -> Option<Slot> {
     let st = crate::host::runtime::state(Path::new(&info.runtime), name)?;
     if st.status != "running" {
         return None;
     }
-    [0, 1]
+    Slot::BOTH
         .into_iter()
         .find(|s| st.bundle == deps.slot_dir(name, *s))
 }
 
+/// What recovery does with a container, from its switch record and its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// No switch was under way: only units that differ from the active slot's are put
+    /// back.
+    UnitsOnly,
+    /// The link still points at the old slot: its host files and units come back.
+    Revert,
+    /// The link points at the new slot (or there was nothing to flip): its files are
+    /// made complete.
+    Complete,
+}
+
+fn recovery(rec: Option<&SwitchRecord>, linked: Slot) -> Recovery {
+    match rec {
+        None => Recovery::UnitsOnly,
+        Some(r) if linked != r.to && r.from != r.to => Recovery::Revert,
+        Some(_) => Recovery::Complete,
+    }
+}
+
+/// Whether a new version that does not start goes back to the old one: only an update's,
+/// and only once the link points at it.
+fn falls_back(rec: &SwitchRecord, linked: Slot) -> bool {
+    rec.op == SwitchOp::Update && linked == rec.to
+}
+
 /// Finishes or reverts an interrupted switch of `name` (the caller holds its lock), and
 /// puts back units that differ from the active slot's. Returns whether it did anything.
-pub(crate) fn recover(deps: &Deployments, name: &str) -> Result<bool> {
+pub(crate) fn recover(host: &Host, name: &str) -> Result<bool> {
+    let deps = &host.deps;
     let Some(slot) = deps.active_slot(name) else {
         end(deps, name);
         return Ok(false);
     };
     let rec = pending(deps, name);
-    let stale = units::units_stale(deps, name, slot);
     let Some(rec) = rec else {
+        let stale = host.units.republish_if_stale(deps, name, slot)?;
         if stale {
-            units::republish_if_stale(deps, name, slot)?;
-            Systemd::connect()?.reload()?;
+            host.systemd()?.reload()?;
         }
         return Ok(stale);
     };
@@ -206,21 +250,23 @@ pub(crate) fn recover(deps: &Deployments, name: &str) -> Result<bool> {
         rec.op,
         deps.slot_dir(name, slot).display()
     ));
-    let sd = Systemd::connect()?;
+    let sd = host.systemd()?;
     let mut info = deps.read_info(name, slot)?;
-    if slot != rec.to && rec.from != rec.to {
-        // The link was not flipped: the old slot's host files and units come back.
-        let other = deps.read_info(name, rec.to).unwrap_or_default();
-        switch_to(deps, name, slot, &other, &mut info)
-            .with_context(|| format!("Restoring the files of {name}"))?;
-    } else {
-        units::republish_if_stale(deps, name, slot)?;
+    match recovery(Some(&rec), slot) {
+        Recovery::Revert => {
+            let other = deps.read_info(name, rec.to).unwrap_or_default();
+            switch_to(host, name, slot, &other, &mut info)
+                .with_context(|| format!("Restoring the files of {name}"))?;
+        }
+        Recovery::Complete | Recovery::UnitsOnly => {
+            host.units.republish_if_stale(deps, name, slot)?;
+        }
     }
     sd.reload()?;
-    tmpfiles("--create", name)?;
+    host.units.tmpfiles("--create", name)?;
     if rec.was_active && info.has_container_service {
-        if let Err(e) = run_slot(&sd, deps, name, &info, slot) {
-            if rec.op != "update" || slot != rec.to {
+        if let Err(e) = run_slot(host, name, &info, slot) {
+            if !falls_back(&rec, slot) {
                 return Err(e);
             }
             output::status(format!(
@@ -228,11 +274,11 @@ pub(crate) fn recover(deps: &Deployments, name: &str) -> Result<bool> {
                 deps.slot_dir(name, rec.from).display()
             ));
             let _ = sd.stop(&unit_name(name), JOB_TIMEOUT);
-            let _ = tmpfiles("--remove", name);
+            let _ = host.units.tmpfiles("--remove", name);
             let mut back = deps.read_info(name, rec.from)?;
-            switch_to(deps, name, rec.from, &info, &mut back)?;
+            switch_to(host, name, rec.from, &info, &mut back)?;
             sd.reload()?;
-            run_slot(&sd, deps, name, &back, rec.from)?;
+            run_slot(host, name, &back, rec.from)?;
         }
     }
     end(deps, name);
@@ -241,28 +287,29 @@ pub(crate) fn recover(deps: &Deployments, name: &str) -> Result<bool> {
 
 /// Makes the service run from `slot`: started when it is not running, restarted when it
 /// still runs the other slot's bundle.
-fn run_slot(sd: &Systemd, deps: &Deployments, name: &str, info: &Info, slot: u8) -> Result<()> {
+fn run_slot(host: &Host, name: &str, info: &Info, slot: Slot) -> Result<()> {
+    let sd = host.systemd()?;
     let unit = unit_name(name);
-    let st = sd.unit_state(&unit)?;
-    let active = st.active_state == "active" || st.active_state == "activating";
-    if active {
-        match running_slot(deps, name, info) {
+    if sd.unit_state(&unit)?.active_state.is_up() {
+        match running_slot(&host.deps, name, info) {
             Some(s) if s != slot => sd.stop(&unit, JOB_TIMEOUT)?,
             _ => return Ok(()),
         }
     }
-    restart_and_watch(sd, name, Duration::ZERO)
+    restart_and_watch(host, name, Duration::ZERO)
 }
 
 /// Makes `slot` the active deployment: host files, units, tmpfiles, symlink. The service
 /// must be stopped by the caller. `from` is the info of the slot being left.
 pub(crate) fn switch_to(
-    deps: &Deployments,
+    host: &Host,
     name: &str,
-    slot: u8,
+    slot: Slot,
     from: &Info,
     to: &mut Info,
 ) -> Result<()> {
+    let deps = &host.deps;
+    let root = &host.root;
     let dir = deps.slot_dir(name, slot);
     // Host files of the target, rendered with the target's own values (Atomic's bug 11).
     let image = RootFs::open(&dir.join("rootfs"))?;
@@ -284,14 +331,14 @@ pub(crate) fn switch_to(
     // Ours is what either deployment installed (a rollback's target recorded its own files).
     let mut ours = to.installed_files_checksum.clone();
     ours.extend(from.installed_files_checksum.clone());
-    let modified = hostfs::modified_by_hand(Path::new("/"), &plan, &ours);
+    let modified = hostfs::modified_by_hand(root, &plan, &ours);
     for path in &modified {
         output::status(format!(
             "Will not overwrite {path} as it was manually modified; the new version is not installed and the file is no longer tracked."
         ));
         plan.entries.remove(path);
     }
-    let conflicts = hostfs::conflicts(Path::new("/"), &plan, &from.installed_files_checksum)?;
+    let conflicts = hostfs::conflicts(root, &plan, &from.installed_files_checksum)?;
     if !conflicts.is_empty() {
         bail!(
             "host files changed by hand block the switch of {name}: {}",
@@ -299,7 +346,7 @@ pub(crate) fn switch_to(
         );
     }
     let kept = hostfs::remove(
-        Path::new("/"),
+        root,
         &from.installed_files_checksum,
         &[],
         &plan
@@ -321,7 +368,7 @@ pub(crate) fn switch_to(
     planned.extend(hostfs::planned_checksums(&plan));
     to.installed_files_checksum = planned;
     deps.write_info(name, slot, to)?;
-    let installed = hostfs::apply(Path::new("/"), &plan)?;
+    let installed = hostfs::apply(root, &plan)?;
     crate::util::failpoint::hit("switch.hostfs-applied");
     to.installed_files_checksum = installed.checksums;
     let mut dirs = from.syscont.created_dirs.clone();
@@ -330,7 +377,49 @@ pub(crate) fn switch_to(
     dirs.dedup();
     to.syscont.created_dirs = dirs;
     deps.write_info(name, slot, to)?;
-    publish_units(deps, name, slot)?;
+    host.units.publish(deps, name, slot)?;
     crate::util::failpoint::hit("switch.units-published");
     deps.activate(name, slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(op: SwitchOp, from: Slot, to: Slot) -> SwitchRecord {
+        SwitchRecord {
+            op,
+            from,
+            to,
+            was_active: true,
+        }
+    }
+
+    #[test]
+    fn the_link_decides_how_a_switch_recovers() {
+        use Slot::{One, Zero};
+        assert_eq!(recovery(None, Zero), Recovery::UnitsOnly);
+        // Killed before the flip: the old slot comes back.
+        let r = rec(SwitchOp::Update, Zero, One);
+        assert_eq!(recovery(Some(&r), Zero), Recovery::Revert);
+        assert!(!falls_back(&r, Zero), "the old version does not fall back");
+        // Killed after the flip: the new slot is completed, and falls back if it fails.
+        assert_eq!(recovery(Some(&r), One), Recovery::Complete);
+        assert!(falls_back(&r, One));
+        // A rollback that flipped is completed, and never switches again by itself.
+        let r = rec(SwitchOp::Rollback, One, Zero);
+        assert_eq!(recovery(Some(&r), Zero), Recovery::Complete);
+        assert!(!falls_back(&r, Zero));
+        // An older syscont's marker names no other slot.
+        let r = rec(SwitchOp::Switch, One, One);
+        assert_eq!(recovery(Some(&r), One), Recovery::Complete);
+    }
+
+    #[test]
+    fn records_keep_their_json_form() {
+        let r = rec(SwitchOp::Update, Slot::Zero, Slot::One);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"op":"update","from":0,"to":1,"was_active":true}"#);
+        assert_eq!(serde_json::from_str::<SwitchRecord>(&json).unwrap(), r);
+    }
 }

@@ -3,23 +3,22 @@
 //! tree in the repo (OSTree object checksums, which cover content, mode, owner and
 //! xattrs), and the host files with the checksums recorded at install.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use ostree::gio;
 use ostree::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
-use crate::container::deploy::{self, Deployments};
+use crate::container::deploy;
+use crate::container::Host;
 use crate::store::tarimport::{gerr, DeviceNode};
-use crate::store::{Store, StoreConfig};
 use crate::util::output;
-use crate::util::output::outln;
 use crate::util::rootfs::{Dir, Kind, RootFs};
 
 /// One difference.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Finding {
+pub(crate) enum Finding {
     Drifted(String, &'static str),
     Missing(String),
     Extra(String),
@@ -146,10 +145,22 @@ fn mount_points(config: &Path) -> BTreeSet<String> {
     out
 }
 
-/// `syscont containers verify NAME`. Fails when anything differs.
-pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
+/// What `containers verify` found.
+#[derive(Debug)]
+pub(crate) struct Report {
+    /// The active deployment.
+    pub dir: std::path::PathBuf,
+    /// How many entries were compared.
+    pub checked: u64,
+    /// The differences, sorted.
+    pub findings: Vec<Finding>,
+}
+
+/// `syscont containers verify NAME`: compares the active deployment with its image and
+/// its host files with what was installed.
+pub(crate) fn verify(host: &Host, name: &str) -> Result<Report> {
     deploy::validate_name(name)?;
-    let deps = Deployments::new(&cfg.checkout_path);
+    let deps = &host.deps;
     let slot = deps
         .active_slot(name)
         .ok_or_else(|| crate::error::UserError::NotInstalled(name.to_string()))?;
@@ -163,7 +174,7 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
             "{name} runs from the remote rootfs {remote}; only its host files are checked."
         ));
     } else {
-        let store = Store::open(cfg)?;
+        let store = host.open_store()?;
         let (root, _) = store
             .repo
             .read_commit(&info.ostree_commit, gio::Cancellable::NONE)
@@ -203,7 +214,7 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
                     )
                 })?;
             let _lock = store.lock()?;
-            let (commit, sub) = crate::store::checkout::rootfs_source(&store, &img)?;
+            let (commit, sub) = crate::store::checkout::rootfs_source(store, &img)?;
             let (union, _) = store
                 .repo
                 .read_commit(&commit, gio::Cancellable::NONE)
@@ -214,7 +225,8 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
     }
     for (path, recorded) in &info.installed_files_checksum {
         checked += 1;
-        let p = Path::new(path);
+        let p = host.root.join(path.trim_start_matches('/'));
+        let p = p.as_path();
         if p.symlink_metadata().is_err() {
             findings.push(Finding::HostMissing(path.clone()));
         } else if recorded == "0" {
@@ -226,21 +238,9 @@ pub(crate) fn verify(cfg: &StoreConfig, name: &str) -> Result<()> {
         }
     }
     findings.sort();
-    for f in &findings {
-        outln!("{f}");
-    }
-    if findings.is_empty() {
-        outln!(
-            "{name}: {checked} entries checked in {} and on the host; nothing changed.",
-            dir.display()
-        );
-        return Ok(());
-    }
-    bail!(
-        "{name}: {} of {checked} entries differ from the image or from what was installed; \
-         `syscont images verify --repair IMAGE` restores the image if its objects were \
-         changed through these files, and `syscont containers update --force {name}` \
-         rebuilds the deployment from the store",
-        findings.len()
-    )
+    Ok(Report {
+        dir,
+        checked,
+        findings,
+    })
 }

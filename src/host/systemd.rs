@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use zbus::zvariant::OwnedObjectPath;
 
+use crate::util::scope::Scope;
+
 /// `(type, file, destination)` changes reported by `EnableUnitFiles`/`DisableUnitFiles`.
 type Changes = Vec<(String, String, String)>;
 /// One row of `ListUnitsByNames`.
@@ -96,8 +98,8 @@ trait Service {
 }
 
 /// `" --user"` when the user's journal holds the unit's lines.
-fn journal_scope() -> &'static str {
-    if crate::util::scope::is_user() {
+fn journal_flag(user: &bool) -> &'static str {
+    if *user {
         " --user"
     } else {
         ""
@@ -109,26 +111,108 @@ fn journal_scope() -> &'static str {
 pub(crate) enum UnitError {
     #[error(
         "{verb} {unit} failed (result: {result}); see `journalctl{} -u {unit}`",
-        journal_scope()
+        journal_flag(user)
     )]
     JobFailed {
         verb: &'static str,
         unit: String,
         result: String,
+        /// The unit is the user manager's.
+        user: bool,
     },
-    #[error("{unit} did not stay active: it is {state} ({sub}, result: {result}); see `journalctl{} -u {unit}`", journal_scope())]
+    #[error("{unit} did not stay active: it is {state} ({sub}, result: {result}); see `journalctl{} -u {unit}`", journal_flag(user))]
     NotActive {
         unit: String,
-        state: String,
+        state: ActiveState,
         sub: String,
         result: String,
+        user: bool,
     },
+}
+
+/// A unit's `ActiveState`, as systemd(1) lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum ActiveState {
+    Active,
+    Reloading,
+    #[default]
+    Inactive,
+    Failed,
+    Activating,
+    Deactivating,
+    Maintenance,
+    Refreshing,
+    /// A state this version of syscont does not know.
+    Other(String),
+}
+
+impl ActiveState {
+    fn parse(s: &str) -> ActiveState {
+        match s {
+            "active" => ActiveState::Active,
+            "reloading" => ActiveState::Reloading,
+            "inactive" => ActiveState::Inactive,
+            "failed" => ActiveState::Failed,
+            "activating" => ActiveState::Activating,
+            "deactivating" => ActiveState::Deactivating,
+            "maintenance" => ActiveState::Maintenance,
+            "refreshing" => ActiveState::Refreshing,
+            other => ActiveState::Other(other.to_string()),
+        }
+    }
+
+    /// systemd's word for the state.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            ActiveState::Active => "active",
+            ActiveState::Reloading => "reloading",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+            ActiveState::Maintenance => "maintenance",
+            ActiveState::Refreshing => "refreshing",
+            ActiveState::Other(s) => s,
+        }
+    }
+
+    /// Running or on its way there: a service that is to run again after a switch.
+    pub(crate) fn is_up(&self) -> bool {
+        matches!(self, ActiveState::Active | ActiveState::Activating)
+    }
+
+    /// Up and serving, as a health check after a start sees it.
+    pub(crate) fn is_serving(&self) -> bool {
+        matches!(self, ActiveState::Active | ActiveState::Reloading)
+    }
+}
+
+impl std::fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The jobs syscont asks systemd for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Start,
+    Stop,
+}
+
+impl Job {
+    fn verb(self) -> &'static str {
+        match self {
+            Job::Start => "starting",
+            Job::Stop => "stopping",
+        }
+    }
 }
 
 /// A unit's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct UnitState {
-    pub active_state: String,
+    pub active_state: ActiveState,
     pub sub_state: String,
     pub load_state: String,
     pub result: String,
@@ -142,6 +226,7 @@ pub(crate) struct UnitState {
 pub(crate) struct Systemd {
     conn: zbus::blocking::Connection,
     subscribed: std::sync::atomic::AtomicBool,
+    scope: Scope,
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {
@@ -157,13 +242,12 @@ fn dbus_err(e: zbus::Error) -> anyhow::Error {
 }
 
 impl Systemd {
-    /// Connects to the system bus (`$DBUS_SYSTEM_BUS_ADDRESS` or the standard socket).
-    /// The manager of this scope: the system's for root, the user's own otherwise.
-    pub(crate) fn connect() -> Result<Systemd> {
-        if crate::util::scope::is_user() {
-            Self::user()
-        } else {
-            Self::system()
+    /// Connects to the manager of `scope`: the system's on the system bus
+    /// (`$DBUS_SYSTEM_BUS_ADDRESS` or the standard socket), or the user's own.
+    pub(crate) fn connect(scope: Scope) -> Result<Systemd> {
+        match scope {
+            Scope::User => Self::user(),
+            Scope::System => Self::system(),
         }
     }
 
@@ -179,6 +263,7 @@ impl Systemd {
         Ok(Systemd {
             conn,
             subscribed: std::sync::atomic::AtomicBool::new(false),
+            scope: Scope::User,
         })
     }
 
@@ -193,6 +278,7 @@ impl Systemd {
         Ok(Systemd {
             conn,
             subscribed: std::sync::atomic::AtomicBool::new(false),
+            scope: Scope::System,
         })
     }
 
@@ -238,7 +324,7 @@ impl Systemd {
     /// Runs a job method and waits for its `JobRemoved` signal.
     fn job(
         &self,
-        verb: &'static str,
+        kind: Job,
         unit: &str,
         timeout: Duration,
         call: impl FnOnce(&ManagerProxy<'_>) -> zbus::Result<OwnedObjectPath>,
@@ -257,10 +343,12 @@ impl Systemd {
         }
         // Listen before calling, so the signal cannot be missed.
         let signals = m.receive_job_removed().map_err(dbus_err)?;
+        let verb = kind.verb();
         tracing::info!("systemd: {verb} {unit}");
         let job = match call(&m) {
             Ok(j) => j,
-            Err(e) if verb == "stopping" && is_no_such_unit(&e) => return Ok(()),
+            // A unit systemd does not know is stopped already.
+            Err(e) if kind == Job::Stop && is_no_such_unit(&e) => return Ok(()),
             Err(e) => return Err(dbus_err(e)).with_context(|| format!("{verb} {unit}")),
         };
         let (tx, rx) = std::sync::mpsc::channel();
@@ -286,6 +374,7 @@ impl Systemd {
                 verb,
                 unit: unit.to_string(),
                 result,
+                user: self.scope.is_user(),
             }
             .into());
         }
@@ -294,12 +383,12 @@ impl Systemd {
 
     /// Starts a unit and waits for the job's result.
     pub(crate) fn start(&self, unit: &str, timeout: Duration) -> Result<()> {
-        self.job("starting", unit, timeout, |m| m.start_unit(unit, "replace"))
+        self.job(Job::Start, unit, timeout, |m| m.start_unit(unit, "replace"))
     }
 
     /// Stops a unit and waits; a unit systemd does not know is already stopped.
     pub(crate) fn stop(&self, unit: &str, timeout: Duration) -> Result<()> {
-        self.job("stopping", unit, timeout, |m| m.stop_unit(unit, "replace"))
+        self.job(Job::Stop, unit, timeout, |m| m.stop_unit(unit, "replace"))
     }
 
     /// Starts `argv` as the transient service `unit` (`Type=notify`: the job is done once
@@ -321,7 +410,7 @@ impl Systemd {
             ("CollectMode", Value::from("inactive-or-failed")),
             ("ExecStart", Value::from(exec)),
         ];
-        self.job("starting", unit, timeout, |m| {
+        self.job(Job::Start, unit, timeout, |m| {
             m.start_transient_unit(unit, "fail", &props, &[])
         })
     }
@@ -354,7 +443,7 @@ impl Systemd {
             .build()
             .map_err(dbus_err)?;
         Ok(UnitState {
-            active_state: u.active_state().map_err(dbus_err)?,
+            active_state: ActiveState::parse(&u.active_state().map_err(dbus_err)?),
             sub_state: u.sub_state().map_err(dbus_err)?,
             load_state: u.load_state().map_err(dbus_err)?,
             result: s.result().unwrap_or_default(),
@@ -376,7 +465,7 @@ impl Systemd {
                 (
                     name,
                     UnitState {
-                        active_state: active,
+                        active_state: ActiveState::parse(&active),
                         sub_state: sub,
                         load_state: load,
                         ..Default::default()
@@ -391,12 +480,13 @@ impl Systemd {
         let start = Instant::now();
         loop {
             let st = self.unit_state(unit)?;
-            if st.active_state != "active" && st.active_state != "reloading" {
+            if !st.active_state.is_serving() {
                 return Err(UnitError::NotActive {
                     unit: unit.to_string(),
                     state: st.active_state,
                     sub: st.sub_state,
                     result: st.result,
+                    user: self.scope.is_user(),
                 }
                 .into());
             }
@@ -406,12 +496,6 @@ impl Systemd {
             std::thread::sleep(Duration::from_millis(200).min(probation));
         }
     }
-}
-
-/// `true` when `e` is a failed job or a unit that did not stay active.
-#[allow(dead_code)]
-pub(crate) fn is_unit_failure(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<UnitError>().is_some())
 }
 
 /// Sends sd_notify(3) lines (`STATUS=…`, `EXTEND_TIMEOUT_USEC=…`) to the service manager
@@ -448,6 +532,7 @@ mod tests {
             verb: "starting",
             unit: "etcd.service".into(),
             result: "failed".into(),
+            user: false,
         };
         assert_eq!(
             e.to_string(),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 /// The policy file skopeo reads: the user's own, else the system's.
 pub(crate) fn policy_path() -> PathBuf {
-    if crate::util::scope::is_user() {
+    if crate::util::scope::Scope::current().is_user() {
         let own = crate::util::scope::config_home().join("containers/policy.json");
         if own.exists() {
             return own;

@@ -25,7 +25,7 @@ fn tmp_parent() -> PathBuf {
     {
         return t;
     }
-    if crate::util::scope::is_user() {
+    if crate::util::scope::Scope::current().is_user() {
         crate::util::scope::cache_home().join("syscont")
     } else {
         PathBuf::from("/var/tmp")

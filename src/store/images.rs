@@ -8,9 +8,9 @@ use std::path::Path;
 use crate::image::reference::{self, ImageReference};
 use crate::store::pull::in_transaction;
 use crate::store::tarimport::gerr;
-use crate::store::{ImageRecord, Store, StoreConfig, REF_PREFIX};
+use crate::store::{ImageRecord, Store, REF_PREFIX};
 use crate::util::output::outln;
-use crate::util::output::{self, human_size, trunc};
+use crate::util::output::{self, human_size};
 
 /// Splits a store name into repository and tag (or digest) for display.
 fn repo_and_tag(name: &str) -> (String, String) {
@@ -59,46 +59,27 @@ pub(crate) fn used_image_ids(checkout_path: &Path) -> BTreeMap<String, Vec<Strin
 
 /// One row of `images list` (its JSON is the same, field for field).
 #[derive(Debug, serde::Serialize)]
-struct ListRow {
-    repo: String,
-    tag: String,
+pub(crate) struct ListRow {
+    pub repo: String,
+    pub tag: String,
     /// The image ID (manifest digest without `sha256:`), or a blob's digest with --all.
-    id: String,
+    pub id: String,
     /// The full store name (`<none>` rows: empty).
-    name: String,
+    pub name: String,
     /// When the image was built (its config's `created`), RFC 3339; else when pulled.
-    created: String,
+    pub created: String,
     /// When it was pulled into this store, RFC 3339.
-    pulled: String,
-    virtual_size: u64,
+    pub pulled: String,
+    pub virtual_size: u64,
     #[serde(rename = "type")]
-    type_: String,
+    pub type_: String,
     /// Whether an installed container uses it.
-    used: bool,
-}
-
-/// Options of `syscont images list`.
-#[derive(Debug, Clone)]
-pub(crate) struct ListOpts {
-    pub all: bool,
-    pub format: crate::util::format::Format,
-    pub no_trunc: bool,
-    pub filters: Vec<String>,
-}
-
-/// `syscont images list`.
-pub(crate) fn list(cfg: &StoreConfig, o: &ListOpts) -> Result<()> {
-    let store = Store::open_existing(cfg)?;
-    let rows = match &store {
-        Some(store) => list_rows(store, cfg, o.all)?,
-        None => Vec::new(),
-    };
-    print_list(rows, o)
+    pub used: bool,
 }
 
 /// The rows of `images list` (with `all`, the layer and config blobs too).
-fn list_rows(store: &Store, cfg: &StoreConfig, all: bool) -> Result<Vec<ListRow>> {
-    let used = used_image_ids(&cfg.checkout_path);
+pub(crate) fn list(store: &Store, all: bool) -> Result<Vec<ListRow>> {
+    let used = used_image_ids(&store.checkout_path);
     let mut rows = Vec::new();
     for img in store.images()? {
         let (repo, tag) = repo_and_tag(&img.name);
@@ -150,98 +131,50 @@ fn list_rows(store: &Store, cfg: &StoreConfig, all: bool) -> Result<Vec<ListRow>
     Ok(rows)
 }
 
-fn print_list(rows: Vec<ListRow>, o: &ListOpts) -> Result<()> {
-    let rows = crate::util::format::filter_rows(
-        rows,
-        &o.filters,
-        &[
-            ("repository", "repo"),
-            ("image", "id"),
-            ("size", "virtual_size"),
-        ],
-    )?;
-    let t = !o.no_trunc;
-    if output::quiet() && o.format == crate::util::format::Format::Table {
-        // IDs, as Atomic's `images list -q` printed them.
-        for r in &rows {
-            outln!("{}", trunc(&r.id, 12, t));
-        }
-        return Ok(());
-    }
-    crate::util::format::print_rows(&o.format, &rows, |rows| {
-        let cells: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                vec![
-                    // As Atomic printed it (its tests grep for ">  NAME").
-                    format!("{}  {}", if r.used { ">" } else { " " }, r.repo),
-                    r.tag.clone(),
-                    trunc(&r.id, 12, t),
-                    crate::util::time::parse_rfc3339(&r.created)
-                        .map(crate::util::time::table_date)
-                        .unwrap_or_default(),
-                    human_size(r.virtual_size),
-                    r.type_.clone(),
-                ]
-            })
-            .collect();
-        output::table(
-            &[
-                "   REPOSITORY",
-                "TAG",
-                "IMAGE ID",
-                "CREATED",
-                "VIRTUAL SIZE",
-                "TYPE",
-            ],
-            &cells,
-        )
-    })
-}
-
 /// A layer in `images inspect`.
 #[derive(Debug, serde::Serialize)]
-struct LayerDoc {
-    digest: String,
-    media_type: String,
-    size: u64,
-    uncompressed_size: Option<u64>,
+pub(crate) struct LayerDoc {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub uncompressed_size: Option<u64>,
 }
 
 /// The image config's runtime part in `images inspect`.
 #[derive(Debug, serde::Serialize)]
-struct ConfigDoc {
-    entrypoint: Option<Vec<String>>,
-    cmd: Option<Vec<String>>,
-    env: Option<Vec<String>>,
-    exposed_ports: Vec<String>,
-    volumes: Vec<String>,
-    working_dir: Option<String>,
-    labels: BTreeMap<String, String>,
+pub(crate) struct ConfigDoc {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Option<Vec<String>>,
+    pub exposed_ports: Vec<String>,
+    pub volumes: Vec<String>,
+    pub working_dir: Option<String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `images inspect` (its JSON is the same, field for field).
 #[derive(Debug, serde::Serialize)]
-struct InspectDoc {
-    name: String,
+pub(crate) struct InspectDoc {
+    pub name: String,
     /// The image ID: the manifest digest.
-    id: String,
-    config_digest: String,
+    pub id: String,
+    pub config_digest: String,
     /// When the image was built (RFC 3339), if its config says.
-    created: Option<String>,
+    pub created: Option<String>,
     /// When it was pulled into this store (RFC 3339).
-    pulled: String,
-    architecture: Option<String>,
-    os: Option<String>,
-    config: ConfigDoc,
-    layers: Vec<LayerDoc>,
+    pub pulled: String,
+    pub architecture: Option<String>,
+    pub os: Option<String>,
+    pub config: ConfigDoc,
+    pub layers: Vec<LayerDoc>,
     /// The sum of the compressed layer sizes.
-    size: u64,
+    pub size: u64,
     /// Where it was pulled from (skopeo syntax).
-    source: Option<String>,
+    pub source: Option<String>,
 }
 
-fn inspect_doc(store: &Store, img: &ImageRecord) -> Result<InspectDoc> {
+/// `syscont images inspect`: the image's manifest, configuration and layers.
+pub(crate) fn inspect(store: &Store, img: &ImageRecord) -> Result<InspectDoc> {
     let config = store.config(img)?;
     let mut layers = Vec::new();
     for l in &img.manifest.layers {
@@ -300,66 +233,10 @@ fn inspect_doc(store: &Store, img: &ImageRecord) -> Result<InspectDoc> {
     })
 }
 
-/// `syscont images inspect`.
-pub(crate) fn inspect(
-    cfg: &StoreConfig,
-    image: &str,
-    format: &crate::util::format::Format,
-) -> Result<()> {
-    let store = Store::open(cfg)?;
-    let img = store.resolve_one(image)?;
-    let doc = inspect_doc(&store, &img)?;
-    crate::util::format::print_one(format, &doc, |d| {
-        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        let list = |v: &Option<Vec<String>>| {
-            v.as_ref()
-                .map(|l| serde_json::to_string(l).unwrap_or_default())
-                .unwrap_or_else(|| "-".into())
-        };
-        let mut t = String::new();
-        let mut line = |k: &str, v: String| t.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
-        line("Name", d.name.clone());
-        line("ID", d.id.clone());
-        line("Config", d.config_digest.clone());
-        line("Created", show(&d.created));
-        line("Pulled", d.pulled.clone());
-        line(
-            "Platform",
-            format!("{}/{}", show(&d.os), show(&d.architecture)),
-        );
-        line("Source", show(&d.source));
-        line("Entrypoint", list(&d.config.entrypoint));
-        line("Cmd", list(&d.config.cmd));
-        line("Env", list(&d.config.env));
-        line("ExposedPorts", d.config.exposed_ports.join(" "));
-        line("Volumes", d.config.volumes.join(" "));
-        line("WorkingDir", show(&d.config.working_dir));
-        t.push_str("Labels:\n");
-        for (k, v) in &d.config.labels {
-            t.push_str(&format!("  {k}: {v}\n"));
-        }
-        t.push_str("Layers:\n");
-        for l in &d.layers {
-            t.push_str(&format!(
-                "  {}  {:>10}  {:>10}  {}\n",
-                l.digest,
-                human_size(l.size),
-                l.uncompressed_size
-                    .map(human_size)
-                    .unwrap_or_else(|| "-".into()),
-                l.media_type
-            ));
-        }
-        t.push_str(&format!("Size:          {}\n", human_size(d.size)));
-        t
-    })
-}
-
 /// `syscont images delete`.
-pub(crate) fn delete(cfg: &StoreConfig, images: &[String], force: bool) -> Result<()> {
-    let store = Store::open(cfg)?;
+pub(crate) fn delete(store: &Store, images: &[String], force: bool) -> Result<()> {
     let _lock = store.lock()?;
-    let used = used_image_ids(&cfg.checkout_path);
+    let used = used_image_ids(&store.checkout_path);
     let mut targets: Vec<ImageRecord> = Vec::new();
     for i in images {
         for rec in store.resolve(i)? {
@@ -392,8 +269,8 @@ pub(crate) fn delete(cfg: &StoreConfig, images: &[String], force: bool) -> Resul
 }
 
 /// `syscont images prune`: drops blob refs no image needs, then unreachable objects.
-pub(crate) fn prune(cfg: &StoreConfig) -> Result<()> {
-    let Some(store) = Store::open_existing(cfg)? else {
+pub(crate) fn prune(store: Option<&Store>) -> Result<()> {
+    let Some(store) = store else {
         output::status("There is no image store yet: nothing to prune.");
         return Ok(());
     };
@@ -433,8 +310,7 @@ pub(crate) fn prune(cfg: &StoreConfig) -> Result<()> {
 }
 
 /// `syscont images tag SRC DST`.
-pub(crate) fn tag(cfg: &StoreConfig, src: &str, dst: &str) -> Result<()> {
-    let store = Store::open(cfg)?;
+pub(crate) fn tag(store: &Store, src: &str, dst: &str) -> Result<()> {
     let _lock = store.lock()?;
     let img = store.resolve_one(src)?;
     let name = ImageReference::parse(dst)?.store_name()?;
@@ -580,14 +456,13 @@ fn inspect_damage(store: &Store, img: &ImageRecord) -> Result<Damage> {
 
 /// `syscont images verify [--repair]`.
 pub(crate) fn verify(
-    cfg: &StoreConfig,
+    store: &Store,
     image: &str,
     repair: bool,
     fetch: &crate::image::skopeo::FetchOptions,
 ) -> Result<()> {
-    let store = Store::open(cfg)?;
     let img = store.resolve_one(image)?;
-    let damage = inspect_damage(&store, &img)?;
+    let damage = inspect_damage(store, &img)?;
     if damage.problems.is_empty() {
         output::status(format!(
             "{} ({}): {} layers verified, no corruption found.",
@@ -625,14 +500,14 @@ pub(crate) fn verify(
             )
         })?;
         let layers: Vec<usize> = damage.layers.iter().copied().collect();
-        crate::store::pull::refetch_layers(&store, fetch, &img, &layers, &source)?;
+        crate::store::pull::refetch_layers(store, fetch, &img, &layers, &source)?;
     }
     let img = store.resolve_one(&img.name)?;
     if !verify_commit(&store.repo, &img.commit).is_empty() {
-        crate::store::pull::rewrite_image_commit(&store, &img)?;
+        crate::store::pull::rewrite_image_commit(store, &img)?;
     }
     let img = store.resolve_one(&img.name)?;
-    let after = inspect_damage(&store, &img)?;
+    let after = inspect_damage(store, &img)?;
     if !after.problems.is_empty() {
         for p in &after.problems {
             outln!("{p}");
@@ -654,24 +529,23 @@ pub(crate) fn verify(
 }
 
 /// `syscont images checkout IMAGE DIR`.
-pub(crate) fn checkout(cfg: &StoreConfig, image: &str, dir: &Path, copy: bool) -> Result<()> {
-    let store = Store::open(cfg)?;
+pub(crate) fn checkout(store: &Store, image: &str, dir: &Path, copy: bool) -> Result<()> {
     let img = store.resolve_one(image)?;
-    let needs_merge = !crate::store::checkout::has_merged_rootfs(&store, &img)?;
+    let needs_merge = !crate::store::checkout::has_merged_rootfs(store, &img)?;
     let _lock = if needs_merge {
         Some(store.lock()?)
     } else {
         None
     };
     if copy {
-        crate::store::checkout::checkout_image_copy(&store, &img, dir)?;
+        crate::store::checkout::checkout_image_copy(store, &img, dir)?;
         output::status(format!(
             "Checked out {} into {} (copies).",
             img.name,
             dir.display()
         ));
     } else {
-        crate::store::checkout::checkout_image(&store, &img, dir)?;
+        crate::store::checkout::checkout_image(store, &img, dir)?;
         output::status(format!(
             "Checked out {} into {}. Its files are hardlinks of the store's objects: change \
              them only in a copy (--copy).",

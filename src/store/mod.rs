@@ -35,6 +35,8 @@ pub(crate) struct StoreConfig {
     pub repo: Option<PathBuf>,
     /// The deployments directory.
     pub checkout_path: PathBuf,
+    /// Whose store: the host's, or the calling user's own (`bare-user`).
+    pub scope: crate::util::scope::Scope,
 }
 
 /// The prefix of every ref syscont reads or writes.
@@ -238,7 +240,7 @@ impl StoreConfig {
         if let Some(r) = &self.repo {
             return r.clone();
         }
-        if crate::util::scope::is_user() {
+        if self.scope.is_user() {
             return crate::util::scope::user_repo();
         }
         let system = Path::new("/ostree/repo");

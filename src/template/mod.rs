@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::template::exec::ExecLines;
+use crate::util::scope::Scope;
 
 /// Capability names by number (linux/capability.h), for `$ALL_PROCESS_CAPABILITIES`.
 const CAPS: &[&str] = &[
@@ -105,6 +106,8 @@ pub(crate) struct ValueInputs<'a> {
     pub uuid: Option<&'a str>,
     /// The path of the syscont binary (`$ATOMIC`).
     pub self_path: &'a str,
+    /// Whose container: the OS directories (`RUN_DIRECTORY`, ...) follow it.
+    pub scope: Scope,
 }
 
 /// Values computed for every deployment that `images info` lists as not overridable
@@ -179,7 +182,7 @@ pub(crate) const OS_VALUES: &[&str] = &[
 /// Computes all template values.
 pub(crate) fn compute_values(i: &ValueInputs<'_>) -> BTreeMap<String, String> {
     let mut v = i.set.clone();
-    let (os_run, os_state, os_conf) = crate::util::scope::template_dirs();
+    let (os_run, os_state, os_conf) = i.scope.template_dirs();
     let run_dir = v.get("RUN_DIRECTORY").cloned().unwrap_or(os_run);
     let os: [(&str, String); 7] = [
         ("RUN_DIRECTORY", run_dir.clone()),
@@ -570,6 +573,7 @@ mod tests {
             defaults,
             uuid: None,
             self_path: "/usr/bin/syscont",
+            scope: Scope::System,
         }
     }
 

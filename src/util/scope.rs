@@ -4,9 +4,83 @@
 
 use std::path::PathBuf;
 
-/// Whether syscont works on the calling user's containers (not root).
-pub(crate) fn is_user() -> bool {
-    !rustix::process::geteuid().is_root()
+/// Whose containers syscont manages: the host's (root) or the calling user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Root: the host's system containers, with the system's systemd.
+    System,
+    /// Any other user: their own rootless containers, with their user manager.
+    User,
+}
+
+impl Scope {
+    /// The scope of this process (its effective user). Commands ask once, when they open
+    /// their context; what depends on the scope takes it from there.
+    pub(crate) fn current() -> Scope {
+        if rustix::process::geteuid().is_root() {
+            Scope::System
+        } else {
+            Scope::User
+        }
+    }
+
+    pub(crate) fn is_user(self) -> bool {
+        self == Scope::User
+    }
+
+    /// Where lock files live while they are held: `/run/syscont/locks`, or
+    /// `$XDG_RUNTIME_DIR/syscont/locks` for a user.
+    pub(crate) fn locks_dir(self) -> PathBuf {
+        match self {
+            Scope::User => runtime_dir().join("syscont/locks"),
+            Scope::System => PathBuf::from("/run/syscont/locks"),
+        }
+    }
+
+    /// Where deployments live by default.
+    pub(crate) fn default_checkout_path(self) -> PathBuf {
+        match self {
+            Scope::User => data_home().join("containers/atomic"),
+            Scope::System => PathBuf::from("/var/lib/containers/atomic"),
+        }
+    }
+
+    /// Where units go.
+    pub(crate) fn units_dir(self) -> PathBuf {
+        match self {
+            Scope::User => config_home().join("systemd/user"),
+            Scope::System => PathBuf::from("/etc/systemd/system"),
+        }
+    }
+
+    /// Where tmpfiles snippets go (`systemd-tmpfiles --user` reads the user's directory).
+    pub(crate) fn tmpfiles_dir(self) -> PathBuf {
+        match self {
+            Scope::User => config_home().join("user-tmpfiles.d"),
+            Scope::System => PathBuf::from("/etc/tmpfiles.d"),
+        }
+    }
+
+    /// The OS-provided template values `RUN_DIRECTORY`, `STATE_DIRECTORY`,
+    /// `CONF_DIRECTORY`.
+    pub(crate) fn template_dirs(self) -> (String, String, String) {
+        match self {
+            Scope::User => (
+                runtime_dir().display().to_string(),
+                state_home().display().to_string(),
+                config_home().display().to_string(),
+            ),
+            Scope::System => ("/run".into(), "/var/lib".into(), "/etc".into()),
+        }
+    }
+
+    /// `journalctl` arguments that select this scope's journal.
+    pub(crate) fn journalctl_args(self) -> &'static [&'static str] {
+        match self {
+            Scope::User => &["--user"],
+            Scope::System => &[],
+        }
+    }
 }
 
 fn home() -> PathBuf {
@@ -52,68 +126,9 @@ pub(crate) fn runtime_dir() -> PathBuf {
     }
 }
 
-/// Where lock files live while they are held: `/run/syscont/locks`, or
-/// `$XDG_RUNTIME_DIR/syscont/locks` for a user.
-pub(crate) fn locks_dir() -> PathBuf {
-    if is_user() {
-        runtime_dir().join("syscont/locks")
-    } else {
-        PathBuf::from("/run/syscont/locks")
-    }
-}
-
-/// Where deployments live by default.
-pub(crate) fn default_checkout_path() -> PathBuf {
-    if is_user() {
-        data_home().join("containers/atomic")
-    } else {
-        PathBuf::from("/var/lib/containers/atomic")
-    }
-}
-
 /// The user's repository (`bare-user`), when there is no `--repo`.
 pub(crate) fn user_repo() -> PathBuf {
     data_home().join("containers/atomic/repo")
-}
-
-/// Where units go.
-pub(crate) fn units_dir() -> PathBuf {
-    if is_user() {
-        config_home().join("systemd/user")
-    } else {
-        PathBuf::from("/etc/systemd/system")
-    }
-}
-
-/// Where tmpfiles snippets go (`systemd-tmpfiles --user` reads the user's directory).
-pub(crate) fn tmpfiles_dir() -> PathBuf {
-    if is_user() {
-        config_home().join("user-tmpfiles.d")
-    } else {
-        PathBuf::from("/etc/tmpfiles.d")
-    }
-}
-
-/// The OS-provided template values `RUN_DIRECTORY`, `STATE_DIRECTORY`, `CONF_DIRECTORY`.
-pub(crate) fn template_dirs() -> (String, String, String) {
-    if is_user() {
-        (
-            runtime_dir().display().to_string(),
-            state_home().display().to_string(),
-            config_home().display().to_string(),
-        )
-    } else {
-        ("/run".into(), "/var/lib".into(), "/etc".into())
-    }
-}
-
-/// `journalctl` arguments that select this scope's journal.
-pub(crate) fn journalctl_args() -> &'static [&'static str] {
-    if is_user() {
-        &["--user"]
-    } else {
-        &[]
-    }
 }
 
 /// The `/etc/subuid` or `/etc/subgid` range of the calling user: (start, count).

@@ -11,7 +11,7 @@ use crate::util::output::{out, outln};
 
 /// `--format`: `table`, `json`, or a template such as `{{.name}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Json,
     /// `{{.field}}` placeholders (a field of the JSON output; case and `_` do not
@@ -35,7 +35,7 @@ impl std::str::FromStr for Format {
 
 impl Format {
     /// The format asked for with `--format`, or with the older `--json`.
-    pub fn choose(format: Option<Format>, json: bool) -> Format {
+    pub(crate) fn choose(format: Option<Format>, json: bool) -> Format {
         match (format, json) {
             (Some(f), _) => f,
             (None, true) => Format::Json,
@@ -92,7 +92,7 @@ fn render_template(template: &str, row: &serde_json::Value) -> Result<String> {
 
 /// Prints rows: `table` renders them as the command's table, `json` as a JSON array, a
 /// template once per row.
-pub fn print_rows<T: Serialize>(
+pub(crate) fn print_rows<T: Serialize>(
     format: &Format,
     rows: &[T],
     table: impl FnOnce(&[T]) -> String,
@@ -111,7 +111,7 @@ pub fn print_rows<T: Serialize>(
 
 /// Prints one document: `table` as the command's text, `json` as a JSON object, a
 /// template once.
-pub fn print_one<T: Serialize>(
+pub(crate) fn print_one<T: Serialize>(
     format: &Format,
     doc: &T,
     text: impl FnOnce(&T) -> String,
@@ -127,7 +127,7 @@ pub fn print_one<T: Serialize>(
 /// Keeps the rows that match every `KEY=VALUE` filter: the field KEY of the row's JSON
 /// (or a name in `aliases`, `(alias, field)`) contains VALUE, ignoring case. An unknown
 /// key is an error that lists the known ones.
-pub fn filter_rows<T: Serialize>(
+pub(crate) fn filter_rows<T: Serialize>(
     rows: Vec<T>,
     filters: &[String],
     aliases: &[(&str, &str)],
@@ -170,14 +170,6 @@ pub fn filter_rows<T: Serialize>(
     Ok(out)
 }
 
-/// Refuses a format for a command that has only one way to print.
-pub fn require_table(format: &Format, what: &str) -> Result<()> {
-    if *format != Format::Table {
-        bail!("{what} prints only text");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +186,52 @@ mod tests {
         assert!(format!("{e:#}").contains("the fields are: "), "{e:#}");
         assert!("{{.name}}".parse::<Format>().is_ok());
         assert!("yaml".parse::<Format>().is_err());
+    }
+
+    #[test]
+    fn filters_match_fields_aliases_and_refuse_unknown_keys() {
+        #[derive(Debug, serde::Serialize)]
+        struct Row {
+            name: &'static str,
+            state: &'static str,
+            virtual_size: u64,
+        }
+        let rows = || {
+            vec![
+                Row {
+                    name: "etcd",
+                    state: "running",
+                    virtual_size: 10,
+                },
+                Row {
+                    name: "flannel",
+                    state: "failed",
+                    virtual_size: 20,
+                },
+            ]
+        };
+        let names = |r: Vec<Row>| r.iter().map(|r| r.name).collect::<Vec<_>>();
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(filter_rows(rows(), &f(&["state=RUN"]), &[]).unwrap()),
+            vec!["etcd"]
+        );
+        let aliases = [("container", "name"), ("size", "virtual_size")];
+        assert_eq!(
+            names(filter_rows(rows(), &f(&["container=flan", "size=2"]), &aliases).unwrap()),
+            vec!["flannel"]
+        );
+        assert!(
+            filter_rows(rows(), &f(&["VirtualSize=1"]), &[])
+                .unwrap()
+                .len()
+                == 1
+        );
+        let e = filter_rows(rows(), &f(&["colour=red"]), &aliases).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("use one of container, name, size, state"),
+            "{e:#}"
+        );
+        assert!(filter_rows(rows(), &f(&["state"]), &[]).is_err());
     }
 }

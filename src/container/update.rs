@@ -1,0 +1,277 @@
+//! `containers update`, `containers rollback` and `containers update --all`.
+//!
+//! An update builds the other slot from scratch (never a union over a stale tree) with the
+//! old values plus the new ones, then switches to it (see [`crate::container::switch`]):
+//! a running service is stopped, the host files, units and tmpfiles of the new slot take
+//! the place of the old ones, the `NAME` link flips, and the service is started again and
+//! watched for the probation time. If it does not stay up, the old slot comes back. A
+//! rollback switches to the other slot as it is.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::container::deploy;
+use crate::container::render::Target;
+use crate::container::slots::build_slot;
+use crate::container::switch::{self, restart_and_watch, switch_to, SwitchOp, SwitchRecord};
+use crate::container::units::{unit_name, JOB_TIMEOUT};
+use crate::container::values::Values;
+use crate::container::Host;
+use crate::error::UserError;
+use crate::host::runtime;
+use crate::image::skopeo::FetchOptions;
+use crate::util::cmdutil::CommandExt;
+use crate::util::failpoint;
+use crate::util::output::{self, outln};
+
+/// What to update.
+#[derive(Debug, Clone)]
+pub(crate) struct UpdateRequest {
+    /// New values; they persist for later updates.
+    pub values: Values,
+    /// Switch to this image instead of the installed one's name.
+    pub rebase: Option<String>,
+    /// Pull the image again first.
+    pub pull: bool,
+    /// Keep the new version even if it does not stay up.
+    pub no_rollback: bool,
+    /// How long the restarted service must stay active.
+    pub probation: Duration,
+    pub fetch: FetchOptions,
+    /// The values given are all the values (`apply`): earlier ones are dropped.
+    pub replace_values: bool,
+    /// A new runtime (`apply`); `None` keeps the installed one.
+    pub runtime: Option<PathBuf>,
+    /// Rebuild the other slot from the store even when nothing changed (after a repair,
+    /// to replace files that were changed on the host).
+    pub force: bool,
+}
+
+/// The outcome of one update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UpdateOutcome {
+    /// Nothing changed: `Latest version already installed.`
+    UpToDate,
+    Updated,
+}
+
+/// The last lines of a unit's journal, for an error.
+fn journal_tail(host: &Host, unit: &str) -> String {
+    Command::new("journalctl")
+        .args(host.scope.journalctl_args())
+        .args(["-u", unit, "-n", "15", "--no-pager", "-o", "cat"])
+        .output_string()
+        .unwrap_or_default()
+}
+
+/// `syscont containers update NAME`.
+pub(crate) fn update(host: &Host, name: &str, r: &UpdateRequest) -> Result<UpdateOutcome> {
+    deploy::validate_name(name)?;
+    let deps = &host.deps;
+    let store = host.store()?;
+    let _lock = host.lock(name)?;
+    let cur = deps
+        .active_slot(name)
+        .ok_or_else(|| UserError::NotInstalled(name.to_string()))?;
+    let old = deps.read_info(name, cur)?;
+    let next = cur.other();
+    let image_arg = r.rebase.clone().unwrap_or_else(|| old.image.clone());
+    let img = host.image(&image_arg, &r.fetch, r.pull)?;
+    let old_values = Values::of(&old);
+    let values = r.values.clone().over(&old_values, r.replace_values);
+    let runtime = match &r.runtime {
+        Some(rt) => {
+            let rt = runtime::resolve(rt)?;
+            runtime::check(&rt)?;
+            rt
+        }
+        None => PathBuf::from(&old.runtime),
+    };
+    let changed = values != old_values || runtime != Path::new(&old.runtime);
+    if img.id() == old.revision && !changed && !r.force {
+        outln!("Latest version already installed.");
+        return Ok(UpdateOutcome::UpToDate);
+    }
+    let target = Target {
+        name,
+        img: &img,
+        image_arg: &image_arg,
+        runtime,
+        values,
+        uuid: old.values.get("UUID").cloned(),
+        remote: old.remote.clone(),
+    };
+    if !output::quiet() {
+        outln!("Extracting to {}", deps.slot_dir(name, next).display());
+    }
+    let rendered = build_slot(host, store, &target, next)?;
+    failpoint::hit("update.slot-built");
+    let mut new_info = rendered.info.clone();
+
+    let sd = host.systemd()?;
+    let unit = unit_name(name);
+    let was_active = switch::is_running(sd, name, old.has_container_service);
+    let rec = SwitchRecord {
+        op: SwitchOp::Update,
+        from: cur,
+        to: next,
+        was_active,
+    };
+    switch::begin(host, name, &rec)?;
+    if was_active {
+        sd.stop(&unit, JOB_TIMEOUT)?;
+    }
+    failpoint::hit("update.stopped");
+    let _ = host.units.tmpfiles("--remove", name);
+    let mut old_info = old.clone();
+    if let Err(e) = switch_to(host, name, next, &old, &mut new_info) {
+        // Nothing was committed: put the old slot's files back and restart it.
+        let _ = switch_to(host, name, cur, &new_info, &mut old_info);
+        let _ = sd.reload();
+        if was_active {
+            let _ = restart_and_watch(host, name, Duration::ZERO);
+        }
+        switch::end(deps, name);
+        return Err(e);
+    }
+    failpoint::hit("update.switched");
+    sd.reload()?;
+    if !was_active {
+        host.units.tmpfiles("--create", name)?;
+        switch::end(deps, name);
+        output::status(format!("Updated {name} to {} ({}).", img.name, img.digest));
+        return Ok(UpdateOutcome::Updated);
+    }
+    let watched = restart_and_watch(host, name, r.probation);
+    if watched.is_ok() || r.no_rollback {
+        switch::end(deps, name);
+    }
+    match watched {
+        Ok(()) => {
+            output::status(format!(
+                "Updated {name} to {} ({}); it is running.",
+                img.name, img.digest
+            ));
+            Ok(UpdateOutcome::Updated)
+        }
+        Err(e) if r.no_rollback => Err(e.context(format!(
+            "{name} was updated but does not run; --no-rollback keeps the new version\n{}",
+            journal_tail(host, &unit)
+        ))),
+        Err(e) => {
+            let journal = journal_tail(host, &unit);
+            eprintln!("Could not restart {name}.  Attempt automatic rollback");
+            let _ = sd.stop(&unit, JOB_TIMEOUT);
+            let _ = host.units.tmpfiles("--remove", name);
+            let mut back = deps.read_info(name, cur)?;
+            let now = deps.read_info(name, next)?;
+            switch_to(host, name, cur, &now, &mut back)
+                .context("Rolling back after the failed update")?;
+            sd.reload()?;
+            restart_and_watch(host, name, Duration::ZERO)
+                .context("Starting the previous version after the failed update")?;
+            switch::end(deps, name);
+            Err(e.context(format!(
+                "the update of {name} failed and was rolled back; the previous version runs again.\nLast journal lines:\n{journal}"
+            )))
+        }
+    }
+}
+
+/// `syscont containers rollback NAME`.
+pub(crate) fn rollback(host: &Host, name: &str) -> Result<()> {
+    deploy::validate_name(name)?;
+    let deps = &host.deps;
+    let _lock = host.lock(name)?;
+    let cur = deps
+        .active_slot(name)
+        .ok_or_else(|| UserError::NotInstalled(name.to_string()))?;
+    let other = cur.other();
+    let dir = deps.slot_dir(name, other);
+    if !dir.join("info").is_file() {
+        bail!(
+            "Cannot find a previous deployment to rollback located at {}",
+            dir.display()
+        );
+    }
+    outln!("Attempting to roll back system container: {name}");
+    let from = deps.read_info(name, cur)?;
+    let mut to = deps.read_info(name, other)?;
+    if to.has_container_service && !dir.join(unit_name(name)).is_file() {
+        bail!(
+            "Cannot find systemd service file for previous version. The previous checkout at {} may be corrupted.",
+            dir.display()
+        );
+    }
+    outln!(
+        "Rolling back container {name} to the checkout at {}",
+        dir.display()
+    );
+    let sd = host.systemd()?;
+    let unit = unit_name(name);
+    let was_active = switch::is_running(sd, name, from.has_container_service);
+    let rec = SwitchRecord {
+        op: SwitchOp::Rollback,
+        from: cur,
+        to: other,
+        was_active,
+    };
+    switch::begin(host, name, &rec)?;
+    if was_active {
+        sd.stop(&unit, JOB_TIMEOUT)?;
+    }
+    failpoint::hit("rollback.stopped");
+    let _ = host.units.tmpfiles("--remove", name);
+    switch_to(host, name, other, &from, &mut to)?;
+    failpoint::hit("rollback.switched");
+    sd.reload()?;
+    host.units.tmpfiles("--create", name)?;
+    if was_active && to.has_container_service {
+        sd.start(&unit, JOB_TIMEOUT)?;
+        output::status(format!("Rolled back {name}; it is running again."));
+    } else {
+        output::status(format!("Rolled back {name}."));
+    }
+    switch::end(deps, name);
+    Ok(())
+}
+
+/// One row of `update --all`'s summary.
+#[derive(Debug, Clone)]
+pub(crate) struct UpdateRow {
+    pub name: String,
+    /// Image IDs before and after.
+    pub before: String,
+    pub after: String,
+    /// The outcome, or the error.
+    pub outcome: std::result::Result<UpdateOutcome, String>,
+}
+
+/// `syscont containers update --all`: every container, each with automatic rollback;
+/// one failure does not stop the others.
+pub(crate) fn update_all(host: &Host, r: &UpdateRequest) -> Result<Vec<UpdateRow>> {
+    let deps = &host.deps;
+    let revision = |name: &str| {
+        deps.active_slot(name)
+            .and_then(|s| deps.read_info(name, s).ok())
+            .map(|i| i.revision)
+            .unwrap_or_default()
+    };
+    let mut rows = Vec::new();
+    for name in deps.names()? {
+        let before = revision(&name);
+        let outcome = update(host, &name, r).map_err(|e| {
+            eprintln!("{name}: {e:#}");
+            format!("{e:#}")
+        });
+        rows.push(UpdateRow {
+            before,
+            after: revision(&name),
+            name,
+            outcome,
+        });
+    }
+    Ok(rows)
+}
