@@ -3,7 +3,6 @@
 //! printed. The one `match` over the commands is here.
 
 use anyhow::{anyhow, bail, Result};
-use std::time::Duration;
 
 use super::{Command, ContainersCommand, ImagesCommand, InstallArgs, InternalCommand, Opt};
 use crate::cli::print::{self, ListOpts};
@@ -103,36 +102,52 @@ fn containers(host: &Host, c: ContainersCommand) -> Result<()> {
             };
             print::containers(crate::container::list::list(host)?, &o)
         }
-        ContainersCommand::Update {
-            all,
-            set,
-            set_json,
-            rebase,
-            pull,
-            no_rollback,
-            force,
-            dry_run,
-            probation,
-            fetch,
-            name,
-        } => {
-            let r = UpdateRequest {
-                values: values(&set, &set_json)?,
+        ContainersCommand::Update(u) => {
+            let super::UpdateArgs {
+                all,
+                set,
+                set_json,
                 rebase,
                 pull,
                 no_rollback,
-                probation: Duration::from_secs(probation),
-                fetch: fetch.into(),
-                replace_values: false,
-                runtime: None,
                 force,
+                dry_run,
+                probation,
+                health,
+                fleet,
+                fetch,
+                name,
+            } = *u;
+            let values = values(&set, &set_json)?;
+            let fleet = super::fleet::UpdateFleet::open(host, &fleet, &health, probation)?;
+            let request = |name: &str| {
+                let (member, gate) = fleet.of(name);
+                UpdateRequest {
+                    values: values.clone(),
+                    rebase: rebase.clone(),
+                    pull,
+                    no_rollback,
+                    gate,
+                    fetch: fetch.clone().into(),
+                    member,
+                    replace_values: false,
+                    runtime: None,
+                    force,
+                }
             };
             match (all, name) {
-                (true, _) => print::update_summary(&update::update_all(host, &r)?),
+                (true, _) => print::update_summary(&update::update_all(
+                    host,
+                    &request(""),
+                    fleet.rollout.as_ref(),
+                    &|n| fleet.of(n),
+                )?),
                 (false, Some(n)) if dry_run => {
-                    super::plan::print(host, &apply::plan_update(host, &n, &r)?)
+                    super::plan::print(host, &apply::plan_update(host, &n, &request(&n))?)
                 }
-                (false, Some(n)) => update::update(host, &n, &r).map(|_| ()),
+                (false, Some(n)) => {
+                    update::update(host, &n, &request(&n), fleet.rollout.as_ref()).map(|_| ())
+                }
                 (false, None) => bail!("give a container name or --all"),
             }
         }
@@ -238,6 +253,7 @@ pub(crate) fn dispatch(opt: Opt) -> Result<()> {
             crate::container::deploy::validate_name(&name)?;
             crate::container::switch::guard(host, &name, after_pid)
         }
+        Command::Fleet(c) => super::fleet::command(host, c),
         Command::Build(b) => {
             let opts = crate::build::BuildOptions {
                 rootfs: b.rootfs,

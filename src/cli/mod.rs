@@ -3,6 +3,7 @@
 //! Doc comments on these items are the user documentation (`--help` and man pages).
 
 pub(crate) mod dispatch;
+pub(crate) mod fleet;
 pub(crate) mod format;
 pub mod manual;
 pub(crate) mod plan;
@@ -135,6 +136,10 @@ enum Command {
     Images(ImagesCommand),
     /// Build an OCI image from a directory, reproducibly, without a container engine.
     Build(BuildOpts),
+    /// Coordinate updates across a fleet of hosts: at most N hosts of a group restart a
+    /// container at once, through etcd (airlock's semaphore) or a FleetLock server.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Internal commands that syscont runs itself.
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
@@ -217,44 +222,7 @@ enum ContainersCommand {
     },
     /// Update a container to its image's current version or new values, into the other
     /// deployment; a running service is restarted and rolled back if it fails.
-    Update {
-        /// Update every installed container (with automatic rollback) and print a summary.
-        #[arg(long, conflicts_with_all = ["name", "set", "rebase"])]
-        all: bool,
-        /// Set a template value KEY=VALUE (repeatable); it persists for later updates.
-        #[arg(long, value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Set a structured template value KEY=JSON (repeatable).
-        #[arg(long, value_name = "KEY=JSON")]
-        set_json: Vec<String>,
-        /// Switch to another image.
-        #[arg(long, value_name = "IMAGE")]
-        rebase: Option<String>,
-        /// Pull the image again before updating.
-        #[arg(long)]
-        pull: bool,
-        /// Keep the new version even if it fails to start.
-        #[arg(long)]
-        no_rollback: bool,
-        /// Rebuild the deployment from the store even when the image and values are
-        /// unchanged (after `syscont images verify --repair`, to replace files that were
-        /// changed on the host).
-        #[arg(long, conflicts_with = "all")]
-        force: bool,
-        /// Print what the update would do (the image, the values, and the unit,
-        /// config.json and tmpfiles diffs) and change nothing.
-        #[arg(long, conflicts_with = "all")]
-        dry_run: bool,
-        /// Require the restarted service to stay active this many seconds before the
-        /// update counts.
-        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-        probation: u64,
-        #[command(flatten)]
-        fetch: FetchOpts,
-        /// Name the container.
-        #[arg(required_unless_present = "all")]
-        name: Option<String>,
-    },
+    Update(Box<UpdateArgs>),
     /// Switch a container back to its other deployment.
     Rollback {
         /// Name the container.
@@ -265,6 +233,182 @@ enum ContainersCommand {
     Verify {
         /// Name the container.
         name: String,
+    },
+}
+
+/// `syscont containers update`.
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// Update every installed container (with automatic rollback) and print a summary.
+    #[arg(long, conflicts_with_all = ["name", "set", "rebase"])]
+    all: bool,
+    /// Set a template value KEY=VALUE (repeatable); it persists for later updates.
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Set a structured template value KEY=JSON (repeatable).
+    #[arg(long, value_name = "KEY=JSON")]
+    set_json: Vec<String>,
+    /// Switch to another image.
+    #[arg(long, value_name = "IMAGE")]
+    rebase: Option<String>,
+    /// Pull the image again before updating.
+    #[arg(long)]
+    pull: bool,
+    /// Keep the new version even if it fails to start.
+    #[arg(long)]
+    no_rollback: bool,
+    /// Rebuild the deployment from the store even when the image and values are
+    /// unchanged (after `syscont images verify --repair`, to replace files that were
+    /// changed on the host).
+    #[arg(long, conflicts_with = "all")]
+    force: bool,
+    /// Print what the update would do (the image, the values, and the unit,
+    /// config.json and tmpfiles diffs) and change nothing.
+    #[arg(long, conflicts_with = "all")]
+    dry_run: bool,
+    /// Require the restarted service to stay active this many seconds before the
+    /// update counts (default: the host file's soak or probation, else 10).
+    #[arg(long, value_name = "SECONDS")]
+    probation: Option<u64>,
+    #[command(flatten)]
+    health: HealthOpts,
+    #[command(flatten)]
+    fleet: FleetOpts,
+    #[command(flatten)]
+    fetch: FetchOpts,
+    /// Name the container.
+    #[arg(required_unless_present = "all")]
+    name: Option<String>,
+}
+
+/// The health gate of an update (else the host file's `[container.health]`).
+#[derive(Debug, Args, Clone)]
+struct HealthOpts {
+    /// Require this shell command to succeed after the restart, e.g. 'etcdctl endpoint
+    /// health --cluster'; it is tried about once a second until --health-timeout.
+    #[arg(long, value_name = "COMMAND")]
+    health_exec: Option<String>,
+    /// Run the --health-exec command in the container (the default) or on the host.
+    #[arg(long, value_name = "WHERE", value_parser = ["container", "host"])]
+    health_on: Option<String>,
+    /// Give the --health-exec command this many seconds to pass (default 120).
+    #[arg(long, value_name = "SECONDS")]
+    health_timeout: Option<u64>,
+}
+
+/// Where the fleet coordinator is: the host file's `[fleet]` table, or these options.
+#[derive(Debug, Args, Clone)]
+struct CoordinatorOpts {
+    /// Read the [fleet] table (and the containers' groups and health checks) from this
+    /// host file; by default /etc/syscont/host.toml, when it exists.
+    #[arg(long, value_name = "FILE")]
+    host_file: Option<PathBuf>,
+    /// Coordinate through these etcd client URLs (comma-separated), as the host file's
+    /// [fleet] etcd.
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        conflicts_with = "fleetlock"
+    )]
+    etcd: Vec<String>,
+    /// CA certificates (PEM) for https etcd URLs.
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd; give --etcd-key with it.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_cert"])]
+    etcd_key: Option<PathBuf>,
+    /// Coordinate through this FleetLock server (airlock, or `syscont fleet serve`).
+    #[arg(long, value_name = "URL")]
+    fleetlock: Option<String>,
+    /// This host's holder id (by default derived from /etc/machine-id, as Zincati does).
+    #[arg(long, value_name = "ID")]
+    fleet_id: Option<String>,
+}
+
+/// Fleet options of an update.
+#[derive(Debug, Args, Clone)]
+struct FleetOpts {
+    #[command(flatten)]
+    coordinator: CoordinatorOpts,
+    /// Take a slot of this fleet group before the restart (else the host file's group).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// The group's slot count, when this host creates its semaphore (default 1).
+    #[arg(long, value_name = "N", requires = "group")]
+    slots: Option<u64>,
+}
+
+/// `syscont fleet …`.
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Show the groups: slots, holders (with host, container, digest and since when) and
+    /// failed digests. Reads groups that airlock created, too.
+    Status {
+        /// Show only this group.
+        group: Option<String>,
+        #[command(flatten)]
+        format: FormatOpt,
+        #[command(flatten)]
+        coordinator: CoordinatorOpts,
+    },
+    /// Free the slot of a holder that will not come back (a dead host), and log why.
+    Release {
+        /// The holder id, as `syscont fleet status` shows it.
+        id: String,
+        /// The holder's group.
+        #[arg(long)]
+        group: String,
+        /// Why, for the log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        coordinator: CoordinatorOpts,
+    },
+    /// Let hosts roll a digest again that failed its health gate somewhere.
+    Unblock {
+        /// The image digest (sha256:...), as `syscont fleet status` shows it.
+        digest: String,
+        /// Only in this group (by default in every group).
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        coordinator: CoordinatorOpts,
+    },
+    /// Serve FleetLock v1 over the etcd semaphore, for hosts that hold no etcd
+    /// credentials; runs until SIGTERM or SIGINT.
+    Serve {
+        /// Listen on this address.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8089")]
+        listen: String,
+        /// The semaphore's etcd client URLs (comma-separated).
+        #[arg(
+            long,
+            value_name = "URL[,URL...]",
+            value_delimiter = ',',
+            required = true
+        )]
+        etcd: Vec<String>,
+        /// CA certificates (PEM) for https etcd URLs.
+        #[arg(long, value_name = "FILE")]
+        etcd_ca: Option<PathBuf>,
+        /// Client certificate (PEM) for etcd.
+        #[arg(long, value_name = "FILE", requires = "etcd_key")]
+        etcd_cert: Option<PathBuf>,
+        /// Client key (PEM) for etcd.
+        #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+        /// The slot count of a group, GROUP=N (repeatable), used when its semaphore is
+        /// created.
+        #[arg(long = "group", value_name = "GROUP=N")]
+        groups: Vec<String>,
+        /// The slot count of groups not named with --group; 0 refuses them, as airlock
+        /// does.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        slots: u64,
     },
 }
 

@@ -102,10 +102,26 @@ fn step_preview(host: &Host, plan: &Plan, step: &Step) -> Result<()> {
 /// Prints the plan; fails when a container could not be planned.
 pub(crate) fn print(host: &Host, plan: &Plan) -> Result<()> {
     outln!("Plan ({} change(s)):", plan.changes());
+    if let Some(f) = &plan.fleet {
+        outln!("Fleet: {f}");
+    }
     for step in &plan.steps {
         outln!("  {}", step.describe());
         if matches!(step.action, Action::Install | Action::Update(_)) {
             step_preview(host, plan, step)?;
+        }
+        if let (Action::Update(_), Some(m)) = (&step.action, &step.member) {
+            outln!(
+                "    fleet: stage first; if the service runs, wait for a slot of group {} \
+                 ({} slot(s) when this host creates the group), restart, gate: {}; free the \
+                 slot when healthy, keep it (halting the group) and record the digest as \
+                 failed when not",
+                m.group,
+                m.slots,
+                step.gate.describe()
+            );
+        } else if let Action::Update(_) = step.action {
+            outln!("    gate: {}", step.gate.describe());
         }
     }
     for f in &plan.failed {

@@ -21,12 +21,14 @@
 pub(crate) mod apply;
 pub(crate) mod deploy;
 pub(crate) mod doctor;
+pub(crate) mod gate;
 pub(crate) mod image_info;
 pub(crate) mod install;
 pub(crate) mod list;
 pub(crate) mod mount;
 pub(crate) mod preview;
 pub(crate) mod render;
+pub(crate) mod rollout;
 pub(crate) mod run;
 pub(crate) mod slots;
 pub(crate) mod switch;

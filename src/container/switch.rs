@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::container::deploy::{Deployments, Info, Slot};
+use crate::container::gate::{start_and_gate, Gate};
 use crate::container::units::{unit_name, JOB_TIMEOUT};
 use crate::container::Host;
 use crate::host::hostfs;
@@ -180,17 +181,6 @@ pub(crate) fn is_running(sd: &Systemd, name: &str, has_service: bool) -> bool {
             .unwrap_or(false)
 }
 
-/// Starts the unit on the current files and waits through the probation time.
-pub(crate) fn restart_and_watch(host: &Host, name: &str, probation: Duration) -> Result<()> {
-    let sd = host.systemd()?;
-    let unit = unit_name(name);
-    let _ = sd.reset_failed(&unit);
-    host.units.tmpfiles("--create", name)?;
-    sd.start(&unit, JOB_TIMEOUT)?;
-    crate::util::failpoint::hit("update.restarted");
-    sd.wait_active(&unit, probation)
-}
-
 /// The deployment slot whose bundle the container runs, as the runtime reports it.
 fn running_slot(deps: &Deployments, name: &str, info: &Info) -> Option<Slot> {
     let st = crate::host::runtime::state(Path::new(&info.runtime), name)?;
@@ -296,7 +286,7 @@ fn run_slot(host: &Host, name: &str, info: &Info, slot: Slot) -> Result<()> {
             _ => return Ok(()),
         }
     }
-    restart_and_watch(host, name, Duration::ZERO)
+    start_and_gate(host, name, &Gate::probation(Duration::ZERO))
 }
 
 /// Makes `slot` the active deployment: host files, units, tmpfiles, symlink. The service

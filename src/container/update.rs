@@ -13,12 +13,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::container::deploy;
+use crate::container::gate::{start_and_gate, Gate};
 use crate::container::render::Target;
+use crate::container::rollout::{Member, Pending, Rollout};
 use crate::container::slots::build_slot;
-use crate::container::switch::{self, restart_and_watch, switch_to, SwitchOp, SwitchRecord};
+use crate::container::switch::{self, switch_to, SwitchOp, SwitchRecord};
 use crate::container::units::{unit_name, JOB_TIMEOUT};
 use crate::container::values::Values;
-use crate::container::Host;
+use crate::container::{Host, Slot};
 use crate::error::UserError;
 use crate::host::runtime;
 use crate::image::skopeo::FetchOptions;
@@ -37,9 +39,11 @@ pub(crate) struct UpdateRequest {
     pub pull: bool,
     /// Keep the new version even if it does not stay up.
     pub no_rollback: bool,
-    /// How long the restarted service must stay active.
-    pub probation: Duration,
+    /// What the restarted service must pass.
+    pub gate: Gate,
     pub fetch: FetchOptions,
+    /// The container's fleet group, when its restart is coordinated.
+    pub member: Option<Member>,
     /// The values given are all the values (`apply`): earlier ones are dropped.
     pub replace_values: bool,
     /// A new runtime (`apply`); `None` keeps the installed one.
@@ -66,9 +70,83 @@ fn journal_tail(host: &Host, unit: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `syscont containers update NAME`.
-pub(crate) fn update(host: &Host, name: &str, r: &UpdateRequest) -> Result<UpdateOutcome> {
+/// Switches `name` back to `back` after `failed` did not pass its gate, and starts it.
+fn fall_back(host: &Host, name: &str, failed: Slot, back: Slot) -> Result<()> {
+    let deps = &host.deps;
+    let sd = host.systemd()?;
+    let _ = sd.stop(&unit_name(name), JOB_TIMEOUT);
+    let _ = host.units.tmpfiles("--remove", name);
+    let mut to = deps.read_info(name, back)?;
+    let from = deps.read_info(name, failed)?;
+    switch_to(host, name, back, &from, &mut to).context("Rolling back after the failed update")?;
+    sd.reload()?;
+    start_and_gate(host, name, &Gate::probation(Duration::ZERO))
+        .context("Starting the previous version after the failed update")
+}
+
+/// The fleet part of an update: the rollout and the container's group.
+type Fleet<'a> = Option<(&'a Rollout, &'a Member)>;
+
+/// Finishes a rollout of `name` that a killed syscont left holding a slot: the gate (when
+/// the container runs the new digest), then the release. Returns whether there was one.
+pub(crate) fn finish_pending(
+    host: &Host,
+    name: &str,
+    gate: &Gate,
+    fleet: Fleet<'_>,
+) -> Result<bool> {
+    let Some((rollout, member)) = fleet else {
+        return Ok(false);
+    };
+    let deps = &host.deps;
+    let Some(slot) = deps.active_slot(name) else {
+        return Ok(false);
+    };
+    let info = deps.read_info(name, slot)?;
+    let digest = format!("sha256:{}", info.revision);
+    match rollout.pending(name, &info.revision)? {
+        Pending::Nothing => Ok(false),
+        Pending::Release => {
+            output::status(format!("Finishing the interrupted fleet update of {name}."));
+            rollout.passed(name, member, &digest)?;
+            Ok(true)
+        }
+        Pending::Gate => {
+            output::status(format!(
+                "Finishing the interrupted fleet update of {name}: its gate, then the release."
+            ));
+            rollout.take(name, member, &digest)?;
+            if let Err(e) = start_and_gate(host, name, gate) {
+                let journal = journal_tail(host, &unit_name(name));
+                let back = slot.other();
+                let rolled = if deps.read_info(name, back).is_ok() {
+                    fall_back(host, name, slot, back)
+                        .map(|_| "it was rolled back")
+                        .unwrap_or("rolling it back failed too")
+                } else {
+                    "there is no previous version to roll back to"
+                };
+                let halted = rollout.failed(name, member, &digest, &format!("{e:#}"));
+                return Err(e.context(format!(
+                    "the update of {name} failed its gate and {rolled}; {halted}\nLast journal lines:\n{journal}"
+                )));
+            }
+            rollout.passed(name, member, &digest)?;
+            Ok(true)
+        }
+    }
+}
+
+/// `syscont containers update NAME`: in a fleet (`fleet`), the restart waits for a slot of
+/// the container's group (see [`crate::container::rollout`]).
+pub(crate) fn update(
+    host: &Host,
+    name: &str,
+    r: &UpdateRequest,
+    fleet: Option<&Rollout>,
+) -> Result<UpdateOutcome> {
     deploy::validate_name(name)?;
+    let fleet: Fleet<'_> = fleet.zip(r.member.as_ref());
     let deps = &host.deps;
     let store = host.store()?;
     let _lock = host.lock(name)?;
@@ -78,6 +156,9 @@ pub(crate) fn update(host: &Host, name: &str, r: &UpdateRequest) -> Result<Updat
     let old = deps.read_info(name, cur)?;
     let next = cur.other();
     let image_arg = r.rebase.clone().unwrap_or_else(|| old.image.clone());
+    if let (Some((rollout, _)), true) = (fleet, r.pull) {
+        rollout.splay();
+    }
     let img = host.image(&image_arg, &r.fetch, r.pull)?;
     let old_values = Values::of(&old);
     let values = r.values.clone().over(&old_values, r.replace_values);
@@ -91,8 +172,14 @@ pub(crate) fn update(host: &Host, name: &str, r: &UpdateRequest) -> Result<Updat
     };
     let changed = values != old_values || runtime != Path::new(&old.runtime);
     if img.id() == old.revision && !changed && !r.force {
+        if finish_pending(host, name, &r.gate, fleet)? {
+            return Ok(UpdateOutcome::Updated);
+        }
         outln!("Latest version already installed.");
         return Ok(UpdateOutcome::UpToDate);
+    }
+    if let Some((rollout, member)) = fleet {
+        rollout.check_digest(member, &img.digest)?;
     }
     let target = Target {
         name,
@@ -113,6 +200,13 @@ pub(crate) fn update(host: &Host, name: &str, r: &UpdateRequest) -> Result<Updat
     let sd = host.systemd()?;
     let unit = unit_name(name);
     let was_active = switch::is_running(sd, name, old.has_container_service);
+    // Only a restart needs a slot: a stopped container switches without one.
+    let fleet = if was_active { fleet } else { None };
+    if let Some((rollout, member)) = fleet {
+        rollout.staged(name, member, &img.digest)?;
+        rollout.take(name, member, &img.digest)?;
+        failpoint::hit("update.slot-taken");
+    }
     let rec = SwitchRecord {
         op: SwitchOp::Update,
         from: cur,
@@ -131,9 +225,13 @@ pub(crate) fn update(host: &Host, name: &str, r: &UpdateRequest) -> Result<Updat
         let _ = switch_to(host, name, cur, &new_info, &mut old_info);
         let _ = sd.reload();
         if was_active {
-            let _ = restart_and_watch(host, name, Duration::ZERO);
+            let _ = start_and_gate(host, name, &Gate::probation(Duration::ZERO));
         }
         switch::end(deps, name);
+        if let Some((rollout, member)) = fleet {
+            // The old version runs as before: nothing to hold the group for.
+            let _ = rollout.passed(name, member, &img.digest);
+        }
         return Err(e);
     }
     failpoint::hit("update.switched");
@@ -144,37 +242,53 @@ pub(crate) fn update(host: &Host, name: &str, r: &UpdateRequest) -> Result<Updat
         output::status(format!("Updated {name} to {} ({}).", img.name, img.digest));
         return Ok(UpdateOutcome::Updated);
     }
-    let watched = restart_and_watch(host, name, r.probation);
+    let watched = start_and_gate(host, name, &r.gate);
     if watched.is_ok() || r.no_rollback {
         switch::end(deps, name);
     }
     match watched {
         Ok(()) => {
+            if let Some((rollout, member)) = fleet {
+                rollout.passed(name, member, &img.digest)?;
+            }
             output::status(format!(
                 "Updated {name} to {} ({}); it is running.",
                 img.name, img.digest
             ));
             Ok(UpdateOutcome::Updated)
         }
-        Err(e) if r.no_rollback => Err(e.context(format!(
-            "{name} was updated but does not run; --no-rollback keeps the new version\n{}",
-            journal_tail(host, &unit)
-        ))),
+        Err(e) if r.no_rollback => {
+            let halted = fleet
+                .map(|(rollout, member)| {
+                    format!(
+                        "; {}",
+                        rollout.failed(name, member, &img.digest, &format!("{e:#}"))
+                    )
+                })
+                .unwrap_or_default();
+            Err(e.context(format!(
+                "{name} was updated but does not run; --no-rollback keeps the new version{halted}\n{}",
+                journal_tail(host, &unit)
+            )))
+        }
         Err(e) => {
             let journal = journal_tail(host, &unit);
             eprintln!("Could not restart {name}.  Attempt automatic rollback");
-            let _ = sd.stop(&unit, JOB_TIMEOUT);
-            let _ = host.units.tmpfiles("--remove", name);
-            let mut back = deps.read_info(name, cur)?;
-            let now = deps.read_info(name, next)?;
-            switch_to(host, name, cur, &now, &mut back)
-                .context("Rolling back after the failed update")?;
-            sd.reload()?;
-            restart_and_watch(host, name, Duration::ZERO)
-                .context("Starting the previous version after the failed update")?;
-            switch::end(deps, name);
+            let back = fall_back(host, name, next, cur);
+            if back.is_ok() {
+                switch::end(deps, name);
+            }
+            let halted = fleet
+                .map(|(rollout, member)| {
+                    format!(
+                        "; {}",
+                        rollout.failed(name, member, &img.digest, &format!("{e:#}"))
+                    )
+                })
+                .unwrap_or_default();
+            back?;
             Err(e.context(format!(
-                "the update of {name} failed and was rolled back; the previous version runs again.\nLast journal lines:\n{journal}"
+                "the update of {name} failed and was rolled back; the previous version runs again{halted}.\nLast journal lines:\n{journal}"
             )))
         }
     }
@@ -251,7 +365,12 @@ pub(crate) struct UpdateRow {
 
 /// `syscont containers update --all`: every container, each with automatic rollback;
 /// one failure does not stop the others.
-pub(crate) fn update_all(host: &Host, r: &UpdateRequest) -> Result<Vec<UpdateRow>> {
+pub(crate) fn update_all(
+    host: &Host,
+    r: &UpdateRequest,
+    fleet: Option<&Rollout>,
+    per_container: &dyn Fn(&str) -> (Option<Member>, Gate),
+) -> Result<Vec<UpdateRow>> {
     let deps = &host.deps;
     let revision = |name: &str| {
         deps.active_slot(name)
@@ -262,7 +381,13 @@ pub(crate) fn update_all(host: &Host, r: &UpdateRequest) -> Result<Vec<UpdateRow
     let mut rows = Vec::new();
     for name in deps.names()? {
         let before = revision(&name);
-        let outcome = update(host, &name, r).map_err(|e| {
+        let (member, gate) = per_container(&name);
+        let r = UpdateRequest {
+            member,
+            gate,
+            ..r.clone()
+        };
+        let outcome = update(host, &name, &r, fleet).map_err(|e| {
             eprintln!("{name}: {e:#}");
             format!("{e:#}")
         });

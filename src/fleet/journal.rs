@@ -26,6 +26,9 @@ pub enum Phase {
     Holding,
     /// The container passed its health gate; the slot is still to be released.
     GatePassed,
+    /// The container failed its health gate and was rolled back; the slot stays held (the
+    /// group halts) until an operator frees it, or this host rolls another digest.
+    Failed,
 }
 
 /// Which kind of coordinator holds the slot.

@@ -10,6 +10,9 @@ pub(crate) trait CommandExt {
     fn run_checked(&mut self) -> Result<()>;
     /// Runs the command and returns its stdout as a string.
     fn output_string(&mut self) -> Result<String>;
+    /// Runs the command with stdin closed for at most `limit` (then it is killed); returns
+    /// whether it succeeded and the tail of its output (stdout and stderr together).
+    fn run_bounded(&mut self, limit: std::time::Duration) -> Result<(bool, String)>;
 }
 
 fn describe(cmd: &Command) -> String {
@@ -63,6 +66,39 @@ impl CommandExt for Command {
         }
         String::from_utf8(out.stdout).with_context(|| format!("Output of {}", describe(self)))
     }
+
+    fn run_bounded(&mut self, limit: std::time::Duration) -> Result<(bool, String)> {
+        let outf = tempfile::tempfile().context("Creating a temporary file for the output")?;
+        self.stdin(Stdio::null())
+            .stdout(outf.try_clone()?)
+            .stderr(outf.try_clone()?);
+        tracing::debug!("exec: {}", describe(self));
+        let mut child = self
+            .spawn()
+            .with_context(|| format!("Executing {}", describe(self)))?;
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break Some(st);
+            }
+            if start.elapsed() >= limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let text = tail(outf, 2048);
+        Ok(match status {
+            Some(st) => (st.success(), text),
+            None => (
+                false,
+                format!("{text}\n(stopped after {} s)", limit.as_secs())
+                    .trim()
+                    .into(),
+            ),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +114,18 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.contains("boom"), "{msg}");
         assert!(msg.contains("exit status: 3"), "{msg}");
+    }
+
+    #[test]
+    fn bounded_commands_end_in_time() {
+        let limit = std::time::Duration::from_millis(300);
+        let (ok, out) = Command::new("sh")
+            .args(["-c", "echo fine; echo also >&2"])
+            .run_bounded(limit)
+            .unwrap();
+        assert!(ok && out.contains("fine") && out.contains("also"), "{out}");
+        let (ok, out) = Command::new("sleep").arg("30").run_bounded(limit).unwrap();
+        assert!(!ok && out.contains("stopped after"), "{out}");
     }
 
     #[test]

@@ -16,16 +16,16 @@ pub(crate) mod plan;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 use crate::container::install::{self, InstallRequest};
+use crate::container::rollout::Rollout;
 use crate::container::update::{self, UpdateRequest};
 use crate::container::{deploy, run, Host, Values};
 use crate::error::UserError;
 use crate::host::systemd;
 use crate::image::skopeo::FetchOptions;
 use crate::util::output;
-use hostfile::{Defaults, Wanted};
+use hostfile::{Defaults, HostSpec, Wanted};
 use plan::{unit_edges, Action, Plan, Step};
 
 /// What a real run of `apply` did.
@@ -37,7 +37,8 @@ pub(crate) enum Applied {
     Changed(usize),
 }
 
-fn read(file: &Path) -> Result<(Defaults, Vec<Wanted>)> {
+/// Reads and validates a host file.
+pub(crate) fn read(file: &Path) -> Result<HostSpec> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("Reading the host file {}", file.display()))?;
     hostfile::parse(file, &text)
@@ -45,8 +46,8 @@ fn read(file: &Path) -> Result<(Defaults, Vec<Wanted>)> {
 
 /// `syscont apply --dry-run FILE`: the plan, changing nothing.
 pub(crate) fn plan_file(host: &Host, file: &Path) -> Result<Plan> {
-    let (defaults, wanted) = read(file)?;
-    plan::plan(host, &defaults, wanted, true)
+    let spec = read(file)?;
+    plan::plan(host, &spec.defaults, spec.fleet.as_ref(), spec.wanted, true)
 }
 
 /// `syscont install --dry-run`: the plan of `apply` for one container; `None` when it is
@@ -71,7 +72,7 @@ pub(crate) fn plan_install(host: &Host, r: &InstallRequest) -> Result<Option<Pla
         r.runtime.clone(),
         r.start,
     );
-    plan::plan(host, &Defaults::default(), vec![w], true).map(Some)
+    plan::plan(host, &Defaults::default(), None, vec![w], true).map(Some)
 }
 
 /// `syscont containers update --dry-run`: the plan of the update (the image it would run,
@@ -92,20 +93,36 @@ pub(crate) fn plan_update(host: &Host, name: &str, r: &UpdateRequest) -> Result<
         output::status("note: a dry run does not pull; the plan uses the image in the store");
     }
     let w = Wanted::given(name, &image, values, r.runtime.clone(), false);
-    plan::plan(host, &Defaults::default(), vec![w], true)
+    plan::plan(host, &Defaults::default(), None, vec![w], true)
 }
 
 /// `syscont apply FILE`.
 pub(crate) fn apply(host: &Host, file: &Path) -> Result<Applied> {
-    let (defaults, wanted) = read(file)?;
-    let mut plan = plan::plan(host, &defaults, wanted, false)?;
-    let changes = plan.changes();
-    if changes == 0 && plan.failed.is_empty() {
+    let spec = read(file)?;
+    let rollout = spec
+        .fleet
+        .as_ref()
+        .map(|t| Rollout::open(host, &t.settings()))
+        .transpose()?;
+    if let Some(r) = &rollout {
+        r.splay();
+    }
+    let mut plan = plan::plan(
+        host,
+        &spec.defaults,
+        spec.fleet.as_ref(),
+        spec.wanted,
+        false,
+    )?;
+    let mut changes = plan.changes();
+    // A fleet update that a killed syscont left holding a slot is finished even when the
+    // container is as the file says now.
+    let interrupted = rollout.is_some() && host.deps.root.join(".fleet").is_dir();
+    if changes == 0 && plan.failed.is_empty() && !interrupted {
         systemd::notify(&["STATUS=Nothing to do"]);
         return Ok(Applied::NothingToDo(plan.steps.len()));
     }
-    let fetch = plan::fetch_opts(&defaults);
-    let probation = Duration::from_secs(defaults.probation.unwrap_or(10));
+    let fetch = plan::fetch_opts(&spec.defaults);
     let mut broken: BTreeSet<String> = BTreeSet::new();
     for step in &plan.steps {
         let name = step.name();
@@ -125,10 +142,14 @@ pub(crate) fn apply(host: &Host, file: &Path) -> Result<Applied> {
             output::status(format!("==> {}", step.describe()));
             systemd::notify(&[&format!("STATUS={}", step.describe())]);
         }
-        if let Err(e) = execute(host, &defaults, &fetch, probation, step) {
-            eprintln!("error: {name}: {e:#}");
-            plan.failed.push(format!("{name}: {e:#}"));
-            broken.insert(name.to_string());
+        match execute(host, &spec.defaults, &fetch, rollout.as_ref(), step) {
+            Ok(true) if step.action == Action::Keep => changes += 1,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: {name}: {e:#}");
+                plan.failed.push(format!("{name}: {e:#}"));
+                broken.insert(name.to_string());
+            }
         }
     }
     if !plan.failed.is_empty() {
@@ -137,21 +158,27 @@ pub(crate) fn apply(host: &Host, file: &Path) -> Result<Applied> {
             plan.failed.join("\n  ")
         );
     }
+    if changes == 0 {
+        return Ok(Applied::NothingToDo(plan.steps.len()));
+    }
     Ok(Applied::Changed(changes))
 }
 
+/// Runs one step; `Ok(true)` when a kept container's interrupted fleet update was
+/// finished.
 fn execute(
     host: &Host,
     defaults: &Defaults,
     fetch: &FetchOptions,
-    probation: Duration,
+    rollout: Option<&Rollout>,
     step: &Step,
-) -> Result<()> {
+) -> Result<bool> {
     let w = &step.want;
     let name = &w.name;
+    let fleet = rollout.zip(step.member.as_ref());
     match &step.action {
-        Action::Keep => Ok(()),
-        Action::Uninstall => install::uninstall(host, name),
+        Action::Keep => update::finish_pending(host, name, &step.gate, fleet),
+        Action::Uninstall => install::uninstall(host, name).map(|_| false),
         Action::Install => {
             let img = step.image.as_ref().expect("an install has an image");
             install::install(
@@ -166,6 +193,7 @@ fn execute(
                     fetch: fetch.clone(),
                 },
             )
+            .map(|_| false)
         }
         Action::Update(_) => {
             let img = step.image.as_ref().expect("an update has an image");
@@ -177,18 +205,23 @@ fn execute(
                     rebase: Some(img.name.clone()),
                     pull: false,
                     no_rollback: false,
-                    probation,
+                    gate: step.gate.clone(),
                     fetch: fetch.clone(),
+                    member: step.member.clone(),
                     replace_values: true,
                     runtime: w.runtime.clone(),
                     force: false,
                 },
+                rollout,
             )?;
             if w.start {
                 run::start(host, name)?;
             }
-            Ok(())
+            Ok(false)
         }
-        Action::Start => run::start(host, name),
+        Action::Start => {
+            update::finish_pending(host, name, &step.gate, fleet)?;
+            run::start(host, name).map(|_| false)
+        }
     }
 }

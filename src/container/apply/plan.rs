@@ -10,8 +10,10 @@ use anyhow::{anyhow, bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::hostfile::{Defaults, State, Wanted};
+use super::hostfile::{Defaults, FleetTable, State, Wanted};
+use crate::container::gate::Gate;
 use crate::container::render::{unit_from_store, Target};
+use crate::container::rollout::Member;
 use crate::container::{Host, Values};
 use crate::host::systemd::{self, Systemd};
 use crate::image::skopeo::FetchOptions;
@@ -38,6 +40,10 @@ pub(crate) struct Step {
     pub image: Option<ImageRecord>,
     /// Why the image is what it is (a fallback was used, the registry was unreachable).
     pub note: Option<String>,
+    /// The container's fleet group, when the host takes part in a fleet.
+    pub member: Option<Member>,
+    /// The gate an update must pass.
+    pub gate: Gate,
 }
 
 impl Step {
@@ -77,6 +83,8 @@ pub(crate) struct Plan {
     pub units: BTreeMap<String, String>,
     /// The host file's default runtime.
     pub default_runtime: Option<PathBuf>,
+    /// The fleet coordinator, when the host takes part in a fleet.
+    pub fleet: Option<String>,
 }
 
 impl Plan {
@@ -350,6 +358,7 @@ fn order(steps: Vec<Step>, texts: &[String]) -> Result<Vec<Step>> {
 pub(crate) fn plan(
     host: &Host,
     defaults: &Defaults,
+    fleet: Option<&FleetTable>,
     wanted: Vec<Wanted>,
     dry_run: bool,
 ) -> Result<Plan> {
@@ -396,6 +405,8 @@ pub(crate) fn plan(
         };
         let action = decide(host, sd, &w, image.as_ref())?;
         steps.push(Step {
+            member: w.member(fleet),
+            gate: w.gate(defaults),
             want: w,
             action,
             image,
@@ -424,6 +435,13 @@ pub(crate) fn plan(
         failed,
         units,
         default_runtime: defaults.runtime.clone(),
+        fleet: fleet.map(|f| {
+            if f.etcd.is_empty() {
+                format!("FleetLock {}", f.fleetlock.clone().unwrap_or_default())
+            } else {
+                format!("etcd {}", f.etcd.join(","))
+            }
+        }),
     })
 }
 
@@ -438,6 +456,8 @@ mod tests {
             action: Action::Install,
             image: None,
             note: None,
+            member: None,
+            gate: Gate::probation(std::time::Duration::ZERO),
         };
         let names = |v: Vec<Step>| v.into_iter().map(|s| s.want.name).collect::<Vec<_>>();
         // The file lists the engine first; the units put etcd, then flannel, then it.
