@@ -3,17 +3,16 @@
 //! A reference without a transport skopeo knows is a registry name (`docker://`). The
 //! base must be an OCI image manifest whose config has one diff_id per layer; its layer
 //! blobs are then linked (or copied, across file systems) into the new layout untouched,
-//! and their descriptors are kept as they are, so the new image shares them. Digests
-//! read from the base are checked before they become paths.
+//! and their descriptors are kept as they are, so the new image shares them. The index,
+//! manifest and config are read as oci-spec's types: a field of the wrong type or a
+//! malformed digest refuses the base, and a digest is checked again before it becomes a
+//! path.
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
-use std::fs;
-use std::io;
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use std::path::PathBuf;
 
-use super::config::string_array;
-use super::layout::{blob_path, copy_blob, read_json, Layout, MEDIA_MANIFEST};
+use super::layout::{blob_path, read_json, Layout};
 
 /// The tag under which a base image is copied into its temporary layout.
 const BASE_TAG: &str = "base";
@@ -50,9 +49,9 @@ pub(super) struct BaseImage {
     /// `DIR/blobs/sha256` of the temporary layout.
     blobs: PathBuf,
     /// The base manifest's layer descriptors, as they are.
-    pub layers: Vec<Value>,
-    pub diff_ids: Vec<String>,
-    pub config: Value,
+    pub layers: Vec<Descriptor>,
+    /// The image config, whose `rootfs.diff_ids` match `layers` one to one.
+    pub config: ImageConfiguration,
 }
 
 impl BaseImage {
@@ -75,28 +74,24 @@ impl BaseImage {
 
         let blobs = dir.path().join("blobs").join("sha256");
         let index_path = dir.path().join("index.json");
-        let index = read_json(&index_path)?;
+        let index: ImageIndex = read_json(&index_path)?;
         let manifest_desc = index
-            .get("manifests")
-            .and_then(Value::as_array)
-            .and_then(|m| m.first())
+            .manifests()
+            .first()
             .ok_or_else(|| anyhow!("{} lists no manifest", index_path.display()))?;
-        let manifest = read_json(&blob_path(&blobs, json_str(manifest_desc, "digest")?)?)?;
-        if let Some(mt) = manifest.get("mediaType").and_then(Value::as_str) {
-            if mt != MEDIA_MANIFEST {
-                bail!("The base manifest has media type {mt}, expected {MEDIA_MANIFEST}");
+        let manifest: ImageManifest = read_json(&blob_path(&blobs, manifest_desc.digest())?)?;
+        if let Some(mt) = manifest.media_type() {
+            if *mt != MediaType::ImageManifest {
+                bail!(
+                    "The base manifest has media type {mt}, expected {}",
+                    MediaType::ImageManifest
+                );
             }
         }
-        let config_desc = manifest
-            .get("config")
-            .ok_or_else(|| anyhow!("The base manifest has no config"))?;
-        let config = read_json(&blob_path(&blobs, json_str(config_desc, "digest")?)?)?;
-        let layers = manifest
-            .get("layers")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let diff_ids = string_array(config.pointer("/rootfs/diff_ids"));
+        let config: ImageConfiguration =
+            read_json(&blob_path(&blobs, manifest.config().digest())?)?;
+        let layers = manifest.layers().clone();
+        let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != layers.len() {
             bail!(
                 "The base image has {} layers but {} diff_ids",
@@ -108,34 +103,14 @@ impl BaseImage {
             _dir: dir,
             blobs,
             layers,
-            diff_ids,
             config,
         })
     }
 
     /// Hardlinks (or copies) the base layers into `layout`, unless already there.
     pub(super) fn copy_layers_into(&self, layout: &Layout) -> Result<()> {
-        for layer in &self.layers {
-            let digest = json_str(layer, "digest")?;
-            let src = blob_path(&self.blobs, digest)?;
-            let dest = blob_path(&layout.blobs, digest)?;
-            if dest.exists() {
-                continue;
-            }
-            match fs::hard_link(&src, &dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(_) => copy_blob(&src, &dest, &layout.blobs)?,
-            }
-        }
-        crate::util::fsutil::fsync_dir(&layout.blobs)
+        layout.add_blobs_from(&self.blobs, self.layers.iter().map(Descriptor::digest))
     }
-}
-
-fn json_str<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("Descriptor without a {key:?} string: {v}"))
 }
 
 #[cfg(test)]

@@ -8,19 +8,28 @@
 //! ENTRYPOINT does. The history lists one entry per new layer after the base's, and stays
 //! empty rather than disagree with the layers when the base has layers but no history.
 //! The architecture is the host's; the OS is linux; `created` is the build's timestamp.
+//! Only what the OCI image spec defines is kept from the base: Docker's own fields
+//! (Healthcheck, OnBuild, Shell and the like) do not reach the new image.
 
-use anyhow::{bail, Result};
-use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use anyhow::{bail, Context, Result};
+use oci_spec::image::{
+    Arch, Config, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, Os, RootFsBuilder,
+};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::BuildOptions;
 
-/// The parsed `KEY=VALUE` and port options.
+/// The options of `syscont build` that go into the image config, checked.
 #[derive(Debug, Default)]
 pub(super) struct Settings {
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
     env: Vec<(String, String)>,
     labels: BTreeMap<String, String>,
+    workdir: Option<String>,
+    /// `PORT/PROTO`.
     ports: Vec<String>,
+    volumes: Vec<String>,
 }
 
 impl Settings {
@@ -40,7 +49,15 @@ impl Settings {
             .iter()
             .map(|p| parse_port(p))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Settings { env, labels, ports })
+        Ok(Settings {
+            entrypoint: opts.entrypoint.clone(),
+            cmd: opts.cmd.clone(),
+            env,
+            labels,
+            workdir: opts.workdir.clone(),
+            ports,
+            volumes: opts.volumes.clone(),
+        })
     }
 }
 
@@ -92,126 +109,130 @@ pub(super) fn host_architecture() -> &'static str {
     }
 }
 
-/// The strings of a JSON array (non-strings are ignored).
-pub(super) fn string_array(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// `base` with `new` added, each once, in sorted order; `None` stays `None` when there is
+/// nothing to add.
+fn add_to_set(base: Option<&Vec<String>>, new: &[String]) -> Option<Vec<String>> {
+    if new.is_empty() {
+        return base.cloned();
+    }
+    let set: BTreeSet<&String> = base.into_iter().flatten().chain(new).collect();
+    Some(set.into_iter().cloned().collect())
 }
 
-/// The OCI image config: the base image's `config` as defaults, overridden by the flags.
+/// The execution parameters: the base image's as defaults, overridden by the flags.
+fn make_exec_config(base: Option<&Config>, settings: &Settings) -> Config {
+    let mut cfg = base.cloned().unwrap_or_default();
+    if let Some(entrypoint) = &settings.entrypoint {
+        cfg.set_entrypoint(Some(entrypoint.clone()));
+        if settings.cmd.is_none() {
+            // As with Dockerfile ENTRYPOINT: the base's Cmd was meant for its entrypoint.
+            cfg.set_cmd(None);
+        }
+    }
+    if let Some(cmd) = &settings.cmd {
+        cfg.set_cmd(Some(cmd.clone()));
+    }
+    let env = merge_env(cfg.env().as_deref().unwrap_or_default(), &settings.env);
+    if !env.is_empty() {
+        cfg.set_env(Some(env));
+    }
+    if let Some(workdir) = &settings.workdir {
+        cfg.set_working_dir(Some(workdir.clone()));
+    }
+    if !settings.labels.is_empty() {
+        let labels = cfg.labels_mut().get_or_insert_with(Default::default);
+        labels.extend(settings.labels.clone());
+    }
+    let ports = add_to_set(cfg.exposed_ports().as_ref(), &settings.ports);
+    cfg.set_exposed_ports(ports);
+    let volumes = add_to_set(cfg.volumes().as_ref(), &settings.volumes);
+    cfg.set_volumes(volumes);
+    cfg
+}
+
+/// The OCI image config: the base image's config as defaults, overridden by the flags,
+/// with the layers' `diff_ids` (the base's first) and one history entry per new layer.
 pub(super) fn make_config(
-    base: Option<&Value>,
-    opts: &BuildOptions,
+    base: Option<&ImageConfiguration>,
     settings: &Settings,
     diff_ids: Vec<String>,
     created_by: &[&str],
     epoch: u64,
-) -> Value {
+) -> Result<ImageConfiguration> {
     let created = crate::util::time::rfc3339(epoch);
-    let mut cfg: Map<String, Value> = base
-        .and_then(|b| b.get("config"))
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-
-    if let Some(entrypoint) = &opts.entrypoint {
-        cfg.insert("Entrypoint".into(), json!(entrypoint));
-        if opts.cmd.is_none() {
-            // As with Dockerfile ENTRYPOINT: the base's Cmd was meant for its entrypoint.
-            cfg.remove("Cmd");
-        }
-    }
-    if let Some(cmd) = &opts.cmd {
-        cfg.insert("Cmd".into(), json!(cmd));
-    }
-    let env = merge_env(&string_array(cfg.get("Env")), &settings.env);
-    if !env.is_empty() {
-        cfg.insert("Env".into(), json!(env));
-    }
-    if let Some(workdir) = &opts.workdir {
-        cfg.insert("WorkingDir".into(), json!(workdir));
-    }
-    let mut labels = cfg
-        .get("Labels")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    for (k, v) in &settings.labels {
-        labels.insert(k.clone(), json!(v));
-    }
-    if !labels.is_empty() {
-        cfg.insert("Labels".into(), Value::Object(labels));
-    }
-    let mut add_set = |key: &str, items: &[String]| {
-        if items.is_empty() {
-            return;
-        }
-        let mut set = cfg
-            .get(key)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        for item in items {
-            set.insert(item.clone(), json!({}));
-        }
-        cfg.insert(key.into(), Value::Object(set));
-    };
-    add_set("ExposedPorts", &settings.ports);
-    add_set("Volumes", &opts.volumes);
-
-    let mut config = Map::new();
     let arch = host_architecture();
-    if let Some(base_arch) = base
-        .and_then(|b| b.get("architecture"))
-        .and_then(Value::as_str)
-    {
+    if let Some(base) = base {
+        let base_arch = base.architecture().to_string();
         if base_arch != arch {
             tracing::warn!("The base image is for {base_arch}, the new image is for {arch}");
         }
     }
-    config.insert("architecture".into(), json!(arch));
-    config.insert("os".into(), json!("linux"));
-    config.insert("created".into(), json!(created));
-    config.insert("config".into(), Value::Object(cfg));
-    config.insert(
-        "rootfs".into(),
-        json!({ "type": "layers", "diff_ids": diff_ids }),
-    );
+    let mut config = ImageConfigurationBuilder::default()
+        .architecture(Arch::from(arch))
+        .os(Os::Linux)
+        .created(created.clone())
+        .config(make_exec_config(
+            base.and_then(|b| b.config().as_ref()),
+            settings,
+        ))
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(diff_ids)
+                .build()
+                .context("Making the rootfs of the image config")?,
+        )
+        .build()
+        .context("Making the image config")?;
 
     // History: one entry per new layer, after the base's. A base with layers but no history
     // gets none, so that history and layers never disagree.
-    let base_history = base
-        .and_then(|b| b.get("history"))
-        .and_then(Value::as_array);
-    let base_has_layers = diff_ids_len(base) > 0;
+    let base_history = base.and_then(|b| b.history().as_ref());
+    let base_has_layers = base.is_some_and(|b| !b.rootfs().diff_ids().is_empty());
     if base_history.is_some() || !base_has_layers {
-        let mut history: Vec<Value> = base_history.cloned().unwrap_or_default();
+        let mut history = base_history.cloned().unwrap_or_default();
         for what in created_by {
-            history.push(json!({
-                "created": created,
-                "created_by": format!("syscont build ({what})"),
-            }));
+            history.push(
+                HistoryBuilder::default()
+                    .created(created.clone())
+                    .created_by(format!("syscont build ({what})"))
+                    .build()
+                    .context("Making the history of the image config")?,
+            );
         }
-        config.insert("history".into(), json!(history));
+        config.set_history(Some(history));
     }
-    Value::Object(config)
-}
-
-fn diff_ids_len(config: Option<&Value>) -> usize {
-    config
-        .and_then(|c| c.pointer("/rootfs/diff_ids"))
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len)
+    Ok(config)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+
+    /// The config as JSON, the way it is written.
+    fn written(config: &ImageConfiguration) -> Value {
+        let bytes = crate::build::layout::canonical_json(config).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn settings(args: &[(&str, &[&str])]) -> Settings {
+        let mut opts = BuildOptions::default();
+        for (flag, values) in args {
+            let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+            match *flag {
+                "entrypoint" => opts.entrypoint = Some(values),
+                "cmd" => opts.cmd = Some(values),
+                "env" => opts.env = values,
+                "label" => opts.labels = values,
+                "workdir" => opts.workdir = values.first().cloned(),
+                "expose" => opts.expose = values,
+                "volume" => opts.volumes = values,
+                _ => panic!("no flag {flag}"),
+            }
+        }
+        Settings::parse(&opts).unwrap()
+    }
 
     #[test]
     fn ports_and_env() {
@@ -223,5 +244,78 @@ mod tests {
             merge_env(&["A=1".into(), "B=2".into()], &[("A".into(), "3".into())]),
             ["A=3", "B=2"]
         );
+    }
+
+    #[test]
+    fn a_config_without_base_has_only_what_was_given() {
+        let s = settings(&[
+            ("cmd", &["/bin/sh"]),
+            ("expose", &["80", "53/udp", "80/tcp"]),
+        ]);
+        let c = written(&make_config(None, &s, vec![], &["rootfs"], 0).unwrap());
+        assert_eq!(
+            c,
+            json!({
+                "architecture": host_architecture(),
+                "os": "linux",
+                "created": "1970-01-01T00:00:00Z",
+                "config": {"Cmd": ["/bin/sh"], "ExposedPorts": {"53/udp": {}, "80/tcp": {}}},
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "syscont build (rootfs)"}],
+            })
+        );
+        let c = written(&make_config(None, &Settings::default(), vec![], &[], 0).unwrap());
+        assert_eq!(c["config"], json!({}));
+        assert_eq!(c["history"], json!([]));
+    }
+
+    #[test]
+    fn the_flags_go_over_the_base() {
+        let base: ImageConfiguration = serde_json::from_value(json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Entrypoint": ["/base"], "Cmd": ["--base"], "Env": ["PATH=/bin", "X=1"],
+                "User": "1000", "Labels": {"a": "1", "shared": "a"},
+                "ExposedPorts": {"8080/tcp": {}}, "Volumes": {"/data": {}},
+                "StopSignal": "SIGTERM"
+            },
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:1"]},
+            "history": [{"created_by": "base", "comment": "kept"}]
+        }))
+        .unwrap();
+        let s = settings(&[
+            ("entrypoint", &["/new"]),
+            ("env", &["PATH=/usr/bin:/bin", "Y=2"]),
+            ("label", &["b=2", "shared=b"]),
+            ("expose", &["80"]),
+        ]);
+        let diff_ids = vec!["sha256:1".to_owned(), "sha256:2".to_owned()];
+        let c = written(&make_config(Some(&base), &s, diff_ids, &["rootfs"], 0).unwrap());
+        assert_eq!(
+            c["config"],
+            json!({
+                "Entrypoint": ["/new"],
+                "Env": ["PATH=/usr/bin:/bin", "X=1", "Y=2"],
+                "User": "1000",
+                "Labels": {"a": "1", "b": "2", "shared": "b"},
+                "ExposedPorts": {"80/tcp": {}, "8080/tcp": {}},
+                "Volumes": {"/data": {}},
+                "StopSignal": "SIGTERM",
+            }),
+            "a new entrypoint drops the base's Cmd"
+        );
+        assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:1", "sha256:2"]));
+        assert_eq!(
+            c["history"][0],
+            json!({"created_by": "base", "comment": "kept"})
+        );
+        assert_eq!(c["history"][1]["created_by"], "syscont build (rootfs)");
+
+        // A base with layers but no history: the new image has no history either.
+        let mut bare = base.clone();
+        bare.set_history(None);
+        let c = written(&make_config(Some(&bare), &s, vec![], &["rootfs"], 0).unwrap());
+        assert_eq!(c.get("history"), None);
     }
 }

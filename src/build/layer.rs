@@ -11,7 +11,8 @@
 
 use anyhow::{bail, Context, Result};
 use flate2::{Compression, GzBuilder};
-use sha2::{Digest, Sha256};
+use oci_spec::image::Digest;
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -20,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::layout::blob_path;
+use super::layout::{blob_path, sha256_digest};
 
 /// The xattr that is never put into layers (it belongs to the host's policy).
 const SKIPPED_XATTR: &str = "security.selinux";
@@ -29,9 +30,9 @@ const SKIPPED_XATTR: &str = "security.selinux";
 #[derive(Debug, Clone)]
 pub(super) struct LayerBlob {
     /// Digest of the compressed blob.
-    pub digest: String,
+    pub digest: Digest,
     /// Digest of the uncompressed tar.
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Size of the compressed blob.
     pub size: u64,
 }
@@ -53,9 +54,12 @@ impl<W: Write> HashingWriter<W> {
     }
 
     /// The inner writer, the `sha256:` digest and the byte count.
-    fn finish(self) -> (W, String, u64) {
-        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        (self.inner, digest, self.count)
+    fn finish(self) -> (W, Digest, u64) {
+        (
+            self.inner,
+            sha256_digest(self.hasher.finalize()),
+            self.count,
+        )
     }
 }
 
@@ -421,13 +425,13 @@ mod tests {
         // Digests: the blob's and the uncompressed stream's.
         assert_eq!(
             format!("sha256:{}", hex::encode(Sha256::digest(&blob))),
-            layer.digest
+            layer.digest.as_ref()
         );
         let mut raw = Vec::new();
         GzDecoder::new(&blob[..]).read_to_end(&mut raw).unwrap();
         assert_eq!(
             format!("sha256:{}", hex::encode(Sha256::digest(&raw))),
-            layer.diff_id
+            layer.diff_id.as_ref()
         );
         assert_eq!(layer.size, blob.len() as u64);
         // The gzip header carries no mtime (bytes 4..8) and no name (FLG bit 3).

@@ -10,6 +10,9 @@
 //! come first and its config supplies defaults. The result is written into an OCI layout
 //! (`--output oci:DIR[:TAG]`) and can be pushed with skopeo (`--push docker://…`).
 //!
+//! Manifests, configs and the index are the image types of the `oci-spec` crate, written as
+//! canonical JSON (compact, keys sorted), so the manifest digest depends only on the inputs.
+//!
 //! This file checks the options and puts the image together; the parts are in `layer`
 //! (directory trees as tar layers), `config` (the image config), `base` (the `--from`
 //! image), `layout` (the OCI layout written to) and `export` (images of the store).
@@ -21,14 +24,14 @@ mod layer;
 mod layout;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType, SCHEMA_VERSION};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use base::BaseImage;
 use config::{make_config, Settings};
 use layer::write_layer;
-use layout::{canonical_json, descriptor, Layout, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST};
+use layout::Layout;
 
 /// Everything `syscont build` takes.
 #[derive(Debug, Clone, Default)]
@@ -128,56 +131,9 @@ fn build_at(opts: &BuildOptions, epoch: u64) -> Result<BuildResult> {
         ),
         None => None,
     };
-
-    let mut layers: Vec<Value> = Vec::new();
-    let mut diff_ids: Vec<String> = Vec::new();
-    if let Some(base) = &base {
-        base.copy_layers_into(&layout)?;
-        layers.extend(base.layers.iter().cloned());
-        diff_ids.extend(base.diff_ids.iter().cloned());
-    }
-    let mut new_layers = Vec::new();
-    let rootfs_layer = write_layer(&opts.rootfs, None, &layout.blobs, epoch)
-        .with_context(|| format!("Building the layer from {}", opts.rootfs.display()))?;
-    new_layers.push(("rootfs", rootfs_layer));
-    if let Some(exports) = &opts.exports {
-        let layer = write_layer(exports, Some("exports"), &layout.blobs, epoch)
-            .with_context(|| format!("Building the /exports layer from {}", exports.display()))?;
-        new_layers.push(("exports", layer));
-    }
-    for (_, layer) in &new_layers {
-        layers.push(descriptor(MEDIA_LAYER_GZIP, &layer.digest, layer.size));
-        diff_ids.push(layer.diff_id.clone());
-    }
-
-    let created_by: Vec<&str> = new_layers.iter().map(|(what, _)| *what).collect();
-    let config = make_config(
-        base.as_ref().map(|b| &b.config),
-        opts,
-        &settings,
-        diff_ids,
-        &created_by,
-        epoch,
-    );
-    let config_bytes = canonical_json(config)?;
-    let config_digest = layout.put_blob(&config_bytes)?;
-
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": descriptor(MEDIA_CONFIG, &config_digest, config_bytes.len() as u64),
-        "layers": layers,
-    });
-    let manifest_bytes = canonical_json(manifest)?;
-    let manifest_digest = layout.put_blob(&manifest_bytes)?;
-    layout.set_ref(
-        &ref_name,
-        descriptor(
-            MEDIA_MANIFEST,
-            &manifest_digest,
-            manifest_bytes.len() as u64,
-        ),
-    )?;
+    let manifest = write_image(&layout, base.as_ref(), opts, &settings, epoch)?;
+    let manifest_digest = manifest.digest().to_string();
+    layout.set_ref(&ref_name, manifest)?;
     tracing::info!(
         "Wrote {manifest_digest} to oci:{}:{ref_name}",
         layout_dir.display()
@@ -191,6 +147,56 @@ fn build_at(opts: &BuildOptions, epoch: u64) -> Result<BuildResult> {
         layout_ref: format!("oci:{}:{ref_name}", layout_dir.display()),
         _temp: _temp_output,
     })
+}
+
+/// Writes the image into `layout`: the base's layers, the new layers, the config and the
+/// manifest, whose descriptor it returns.
+fn write_image(
+    layout: &Layout,
+    base: Option<&BaseImage>,
+    opts: &BuildOptions,
+    settings: &Settings,
+    epoch: u64,
+) -> Result<Descriptor> {
+    let mut layers: Vec<Descriptor> = Vec::new();
+    let mut diff_ids: Vec<String> = Vec::new();
+    if let Some(base) = base {
+        base.copy_layers_into(layout)?;
+        layers.extend(base.layers.iter().cloned());
+        diff_ids.extend(base.config.rootfs().diff_ids().iter().cloned());
+    }
+    let mut new_layers = Vec::new();
+    let rootfs_layer = write_layer(&opts.rootfs, None, &layout.blobs, epoch)
+        .with_context(|| format!("Building the layer from {}", opts.rootfs.display()))?;
+    new_layers.push(("rootfs", rootfs_layer));
+    if let Some(exports) = &opts.exports {
+        let layer = write_layer(exports, Some("exports"), &layout.blobs, epoch)
+            .with_context(|| format!("Building the /exports layer from {}", exports.display()))?;
+        new_layers.push(("exports", layer));
+    }
+    for (_, layer) in &new_layers {
+        let desc = Descriptor::new(MediaType::ImageLayerGzip, layer.size, layer.digest.clone());
+        layers.push(desc);
+        diff_ids.push(layer.diff_id.to_string());
+    }
+
+    let created_by: Vec<&str> = new_layers.iter().map(|(what, _)| *what).collect();
+    let config = make_config(
+        base.map(|b| &b.config),
+        settings,
+        diff_ids,
+        &created_by,
+        epoch,
+    )?;
+    let config = layout.put_json(&config, MediaType::ImageConfig)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(layers)
+        .build()
+        .context("Making the image manifest")?;
+    layout.put_json(&manifest, MediaType::ImageManifest)
 }
 
 /// Fails unless `path` is an existing directory; `what` names the option.
@@ -275,11 +281,12 @@ mod tests {
     use super::*;
     use crate::build::config::host_architecture;
     use crate::build::fixtures::{make_exports, make_rootfs, require_tool, write_file, LONG_NAME};
-    use crate::build::layout::{blob_path, read_json, REF_NAME_ANNOTATION};
+    use crate::build::layout::{blob_path, read_json, ref_name};
     use crate::util::cmdutil::CommandExt;
     use flate2::read::GzDecoder;
-    use serde_json::Value;
-    use sha2::{Digest, Sha256};
+    use oci_spec::image::{Digest, ImageIndex, ImageManifest};
+    use serde_json::{json, Value};
+    use sha2::{Digest as _, Sha256};
     use std::collections::BTreeMap;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
@@ -304,29 +311,33 @@ mod tests {
         }
     }
 
-    fn read_manifest(layout: &Path, tag: &str) -> (String, Value) {
-        let index = read_json(&layout.join("index.json")).unwrap();
-        let desc = index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["annotations"][REF_NAME_ANNOTATION] == tag)
-            .unwrap_or_else(|| panic!("no {tag} in {index}"))
-            .clone();
-        let digest = desc["digest"].as_str().unwrap().to_owned();
-        let blobs = layout.join("blobs/sha256");
-        (
-            digest.clone(),
-            read_json(&blob_path(&blobs, &digest).unwrap()).unwrap(),
-        )
+    /// The path of a blob of the layout `layout`.
+    fn blob(layout: &Path, digest: &Digest) -> PathBuf {
+        blob_path(&layout.join("blobs/sha256"), digest).unwrap()
     }
 
-    fn layer_digests(manifest: &Value) -> Vec<String> {
-        manifest["layers"]
-            .as_array()
-            .unwrap()
+    /// The digest and the manifest that `tag` names in the layout.
+    fn read_manifest(layout: &Path, tag: &str) -> (String, ImageManifest) {
+        let index: ImageIndex = read_json(&layout.join("index.json")).unwrap();
+        let desc = index
+            .manifests()
             .iter()
-            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .find(|m| ref_name(m) == Some(tag))
+            .unwrap_or_else(|| panic!("no {tag} in {index:?}"));
+        let manifest = read_json(&blob(layout, desc.digest())).unwrap();
+        (desc.digest().to_string(), manifest)
+    }
+
+    /// The image config of `manifest`, as the JSON it is.
+    fn read_config(layout: &Path, manifest: &ImageManifest) -> Value {
+        read_json(&blob(layout, manifest.config().digest())).unwrap()
+    }
+
+    fn layer_digests(manifest: &ImageManifest) -> Vec<Digest> {
+        manifest
+            .layers()
+            .iter()
+            .map(|l| l.digest().clone())
             .collect()
     }
 
@@ -407,22 +418,31 @@ mod tests {
             1_600_000_000,
         )
         .unwrap();
-        let (_, manifest) = read_manifest(&out, "1.0");
-        let blobs = out.join("blobs/sha256");
-        let config_digest = manifest["config"]["digest"].as_str().unwrap();
-        let config = read_json(&blob_path(&blobs, config_digest).unwrap()).unwrap();
-        assert_eq!(manifest["mediaType"], MEDIA_MANIFEST);
-        assert_eq!(manifest["config"]["mediaType"], MEDIA_CONFIG);
+        let (digest, manifest) = read_manifest(&out, "1.0");
+        let config = read_config(&out, &manifest);
+        let manifest_json: Value = read_json(&blob(&out, &digest.parse().unwrap())).unwrap();
+        assert_eq!(
+            manifest_json["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(manifest_json["schemaVersion"], 2);
+        assert_eq!(
+            manifest_json["config"]["mediaType"],
+            "application/vnd.oci.image.config.v1+json"
+        );
 
         // Each layer's diff_id is the digest of its uncompressed tar.
-        let layers = layer_digests(&manifest);
+        let layers = manifest.layers();
         assert_eq!(layers.len(), 2);
-        for (i, digest) in layers.iter().enumerate() {
-            assert_eq!(manifest["layers"][i]["mediaType"], MEDIA_LAYER_GZIP);
-            let blob = fs::read(blob_path(&blobs, digest).unwrap()).unwrap();
-            assert_eq!(manifest["layers"][i]["size"], blob.len());
+        for (i, layer) in layers.iter().enumerate() {
+            assert_eq!(
+                layer.media_type().to_string(),
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            );
+            let data = fs::read(blob(&out, layer.digest())).unwrap();
+            assert_eq!(layer.size(), data.len() as u64);
             let mut raw = Vec::new();
-            GzDecoder::new(&blob[..]).read_to_end(&mut raw).unwrap();
+            GzDecoder::new(&data[..]).read_to_end(&mut raw).unwrap();
             assert_eq!(
                 format!("sha256:{}", hex::encode(Sha256::digest(&raw))),
                 config["rootfs"]["diff_ids"][i]
@@ -479,7 +499,7 @@ mod tests {
 
         // GNU tar reads the layer, PAX xattrs and long names included.
         let (_, manifest) = read_manifest(&out, "v1");
-        let layer = blob_path(&out.join("blobs/sha256"), &layer_digests(&manifest)[0]).unwrap();
+        let layer = blob(&out, &layer_digests(&manifest)[0]);
         let listing = Command::new("tar")
             .arg("--xattrs")
             .arg("-tzf")
@@ -547,15 +567,9 @@ mod tests {
         assert_eq!(lb.len(), la.len() + 1);
         assert_eq!(lb[..la.len()], la[..]);
         for digest in &lb {
-            assert!(blob_path(&dir_b.join("blobs/sha256"), digest)
-                .unwrap()
-                .exists());
+            assert!(blob(&dir_b, digest).exists());
         }
-        let blobs_b = dir_b.join("blobs/sha256");
-        let config_b = read_json(
-            &blob_path(&blobs_b, manifest_b["config"]["digest"].as_str().unwrap()).unwrap(),
-        )
-        .unwrap();
+        let config_b = read_config(&dir_b, &manifest_b);
         let c = &config_b["config"];
         assert_eq!(c["Env"], json!(["X=1", "PATH=/usr/bin:/bin", "Y=2"]));
         assert_eq!(c["Labels"], json!({"a": "1", "b": "2", "shared": "b"}));
