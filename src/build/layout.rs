@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// The digest of a finished sha256 hash.
-pub(super) fn sha256_digest(hash: impl AsRef<[u8]>) -> Digest {
+pub(super) fn sha256_digest(hash: sha2::digest::Output<Sha256>) -> Digest {
     Sha256Digest::from_str(&hex::encode(hash))
         .expect("hex::encode of a sha256 hash is 64 lowercase hex digits")
         .into()
