@@ -1,7 +1,14 @@
 //! A stored image written back out as an image: `syscont images export`, and the base of
 //! `syscont build --from` when the store has it; and `syscont build` storing what it built.
+//!
+//! An export is a new build of the image's checked-out tree with the execution parameters
+//! of its config: reproducible, but with a digest of its own. Its scratch directory is
+//! removed when the export is dropped, and an `/exports` that is a symlink stays in the
+//! rootfs as a symlink, never followed.
 
 use anyhow::{Context, Result};
+use oci_spec::image::Config;
+use serde::Deserialize;
 use std::path::PathBuf;
 
 use crate::image::reference::ImageReference;
@@ -26,7 +33,12 @@ impl Drop for LayoutExport {
 }
 
 fn export_layout(store: &Store, img: &ImageRecord) -> Result<LayoutExport> {
-    let config = store.config(img)?;
+    let c = exec_config(&store.config(img)?).with_context(|| {
+        format!(
+            "The config of {} does not follow the OCI image spec",
+            img.name
+        )
+    })?;
     let scratch = store
         .checkout_path
         .join(format!(".export-{}-{}", std::process::id(), img.id()));
@@ -53,42 +65,24 @@ fn export_layout(store: &Store, img: &ImageRecord) -> Result<LayoutExport> {
     if has_exports {
         std::fs::rename(rootfs.join("exports"), &exports)?;
     }
-    let c = &config["config"];
-    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
-        v.as_array().map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-    };
-    let keys = |v: &serde_json::Value| -> Vec<String> {
-        v.as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default()
-    };
-    let labels = c["Labels"]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let labels = c
+        .labels()
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     out.reference = format!("oci:{}:export", scratch.join("layout").display());
     let opts = crate::build::BuildOptions {
         rootfs: rootfs.clone(),
         from: None,
         exports: has_exports.then(|| exports.clone()),
-        entrypoint: strings(&c["Entrypoint"]),
-        cmd: strings(&c["Cmd"]),
-        env: strings(&c["Env"]).unwrap_or_default(),
+        entrypoint: c.entrypoint().clone(),
+        cmd: c.cmd().clone(),
+        env: c.env().clone().unwrap_or_default(),
         labels,
-        workdir: c["WorkingDir"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        expose: keys(&c["ExposedPorts"]),
-        volumes: keys(&c["Volumes"]),
+        workdir: c.working_dir().clone().filter(|s| !s.is_empty()),
+        expose: c.exposed_ports().clone().unwrap_or_default(),
+        volumes: c.volumes().clone().unwrap_or_default(),
         tag: img.name.clone(),
         output: Some(out.reference.clone()),
         push: None,
@@ -96,6 +90,14 @@ fn export_layout(store: &Store, img: &ImageRecord) -> Result<LayoutExport> {
     };
     out.manifest_digest = crate::build::build(&opts)?.manifest_digest;
     Ok(out)
+}
+
+/// The execution parameters (`config`) of an image config; none when it has none.
+fn exec_config(config: &serde_json::Value) -> Result<Config> {
+    match config.get("config") {
+        Some(c) if !c.is_null() => Ok(Config::deserialize(c)?),
+        _ => Ok(Config::default()),
+    }
 }
 
 /// `syscont images export IMAGE DEST`: writes the image to any destination skopeo takes
@@ -150,4 +152,29 @@ pub(crate) fn build(
     let _lock = store.lock()?;
     crate::store::pull::pull_as(&store, fetch, &built.layout_ref, &name)?;
     Ok(built.manifest_digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_execution_parameters_of_a_stored_config() {
+        let c = exec_config(&json!({
+            "architecture": "amd64",
+            "config": {"Cmd": ["/bin/sh"], "ExposedPorts": {"80/tcp": {}}, "Labels": {"a": "1"}}
+        }))
+        .unwrap();
+        assert_eq!(c.cmd().as_deref(), Some(&["/bin/sh".to_owned()][..]));
+        assert_eq!(
+            c.exposed_ports().as_deref(),
+            Some(&["80/tcp".to_owned()][..])
+        );
+        assert_eq!(c.labels().as_ref().unwrap()["a"], "1");
+        for none in [json!({}), json!({"config": null}), json!([])] {
+            assert_eq!(exec_config(&none).unwrap(), Config::default(), "{none}");
+        }
+        assert!(exec_config(&json!({"config": {"Env": "A=1"}})).is_err());
+    }
 }
