@@ -138,7 +138,27 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
             ("Change a value, watch the service 30 s", "syscont containers update --set ETCD_PORT=2380 --probation 30 etcd"),
             ("Switch to another image", "syscont containers update --rebase etcd:3.5 --pull etcd"),
             ("See the plan first", "syscont containers update --dry-run --set ETCD_PORT=2380 etcd"),
+            (
+                "One host of the etcd group at a time, gated on the cluster's health",
+                "syscont containers update --pull --etcd http://10.0.0.1:2379,http://10.0.0.2:2379 --group etcd --health-exec 'etcdctl endpoint health --cluster' etcd",
+            ),
         ],
+        "fleet status" => &[
+            ("Who holds the slots, and which digests failed", "syscont fleet status"),
+            ("One group, as JSON", "syscont fleet status etcd --format json"),
+        ],
+        "fleet release" => &[(
+            "Free the slot of a host that died while it held it",
+            "syscont fleet release fb9e59d4be304c6aa0293b76410cd46d --group etcd --reason 'host replaced'",
+        )],
+        "fleet unblock" => &[(
+            "Let hosts roll a digest again",
+            "syscont fleet unblock sha256:4a5b...",
+        )],
+        "fleet serve" => &[(
+            "A FleetLock server over etcd for hosts without etcd credentials",
+            "syscont fleet serve --listen 0.0.0.0:8089 --etcd https://10.0.0.1:2379 --etcd-ca ca.pem --etcd-cert c.pem --etcd-key k.pem --group etcd=1",
+        )],
         "containers rollback" => &[("Go back to the other deployment", "syscont containers rollback etcd")],
         "pull" => &[
             ("From a registry", "syscont pull docker://registry.example/etcd:3.4"),
@@ -248,6 +268,31 @@ How long an updated service must stay active (default 10).
 .TP
 \fBruntime\fR = PATH
 The OCI runtime for new installs (default /usr/bin/runc).
+.SH [fleet]
+Optional. With it, an update that restarts a container takes a slot of the container's
+group first, so that at most N hosts of the group restart it at once, and frees it once
+the container passed its health gate. See \fBsyscont\-fleet\-status\fR(1).
+.TP
+\fBetcd\fR = [URL, ...] | \fBfleetlock\fR = URL
+The coordinator: etcd client URLs (airlock's semaphore keys), or a FleetLock server
+(airlock, or \fBsyscont fleet serve\fR). One of the two is required.
+.TP
+\fBetcd\-ca\fR, \fBetcd\-cert\fR, \fBetcd\-key\fR = PATH
+TLS for https etcd URLs: the CA, and a client certificate with its key.
+.TP
+\fBid\fR = STRING
+This host's holder id (default: derived from /etc/machine\-id, as Zincati does).
+.TP
+\fBgroup\fR = STRING, \fBslots\fR = N
+The group of containers that name none (default "default"), and the slot count of a group
+this host creates (default 1).
+.TP
+\fBsplay\fR = SECONDS
+At most this much random delay before pulling (default 30).
+.TP
+\fBwait\fR = SECONDS, \fBunreachable\fR = SECONDS
+How long to wait for a free slot (default 3600), and how long the coordinator may stay
+unreachable (default 300) before the update fails; nothing restarts meanwhile.
 .SH [[container]]
 One table per container.
 .TP
@@ -275,6 +320,14 @@ Start the service (default true).
 .TP
 \fBstate\fR = "present" | "absent"
 Whether the container is to be installed (default present).
+.TP
+\fB[container.fleet]\fR group = STRING, slots = N
+The container's fleet group and its slot count (default: the [fleet] table's).
+.TP
+\fB[container.health]\fR exec = COMMAND, exec\-on = "container" | "host", soak = SECONDS, timeout = SECONDS
+The gate an update must pass: the start job (a Type=notify unit is ready when it says so),
+then COMMAND succeeding within timeout (default 120), then the unit staying active for soak
+(default: probation) with COMMAND passing again at its end. A failed gate rolls back.
 .SH EXAMPLE
 .nf
 [defaults]

@@ -205,7 +205,7 @@ pub(crate) fn update(
     if let Some((rollout, member)) = fleet {
         rollout.staged(name, member, &img.digest)?;
         rollout.take(name, member, &img.digest)?;
-        failpoint::hit("update.slot-taken");
+        failpoint::hit("fleet.slot-taken");
     }
     let rec = SwitchRecord {
         op: SwitchOp::Update,

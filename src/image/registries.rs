@@ -1,4 +1,8 @@
-//! containers-registries.conf(5) (version 2) resolution of short names.
+//! containers-registries.conf(5) (version 2): short names, `[[registry]]` locations,
+//! `insecure`, `blocked`, and mirrors (`[[registry.mirror]]` with `pull-from-mirror`, and
+//! `mirror-by-digest-only`). syscont resolves these itself and hands skopeo one reference
+//! at a time, so the files below are honoured the same way for every pull (skopeo 1.9
+//! reads only the system file).
 //!
 //! Files: `$CONTAINERS_REGISTRIES_CONF` alone when set, else
 //! `/etc/containers/registries.conf` and then `/etc/containers/registries.conf.d/*.conf` in
@@ -17,6 +21,28 @@ pub(crate) struct Candidate {
     pub reference: String,
     /// The registry is marked `insecure = true`.
     pub insecure: bool,
+    /// Mirrors to try first, in order (the reference rewritten to each mirror).
+    pub mirrors: Vec<Candidate>,
+}
+
+/// When a mirror is used (`pull-from-mirror`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum PullFrom {
+    #[default]
+    All,
+    DigestOnly,
+    TagOnly,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Mirror {
+    location: String,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    pull_from_mirror: PullFrom,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -25,6 +51,8 @@ struct Registry {
     location: String,
     insecure: bool,
     blocked: bool,
+    mirrors: Vec<Mirror>,
+    mirror_by_digest_only: bool,
 }
 
 /// The parsed configuration.
@@ -40,6 +68,7 @@ pub(crate) struct RegistriesConf {
 }
 
 #[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 struct FileRegistry {
     prefix: Option<String>,
     location: Option<String>,
@@ -47,6 +76,10 @@ struct FileRegistry {
     insecure: bool,
     #[serde(default)]
     blocked: bool,
+    #[serde(default)]
+    mirror: Vec<Mirror>,
+    #[serde(default)]
+    mirror_by_digest_only: bool,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -126,6 +159,8 @@ impl RegistriesConf {
                 location,
                 insecure: r.insecure,
                 blocked: r.blocked,
+                mirrors: r.mirror,
+                mirror_by_digest_only: r.mirror_by_digest_only,
             });
         }
         Ok(())
@@ -158,8 +193,31 @@ impl RegistriesConf {
         }
     }
 
+    /// The mirrors of `reference`'s registry that serve it, as references to pull.
+    fn mirrors(&self, reference: &str) -> Vec<Candidate> {
+        let Some(r) = self.matching(reference) else {
+            return Vec::new();
+        };
+        let digested = reference.contains('@');
+        let rest = &reference[r.prefix.trim_end_matches('/').len()..];
+        r.mirrors
+            .iter()
+            .filter(|m| match (r.mirror_by_digest_only, m.pull_from_mirror) {
+                (true, _) | (_, PullFrom::DigestOnly) => digested,
+                (false, PullFrom::TagOnly) => !digested,
+                (false, PullFrom::All) => true,
+            })
+            .map(|m| Candidate {
+                reference: format!("{}{rest}", m.location.trim_end_matches('/')),
+                insecure: m.insecure,
+                mirrors: Vec::new(),
+            })
+            .collect()
+    }
+
     fn candidate(&self, d: &DockerRef) -> Result<Candidate> {
-        let reference = self.relocate(&d.with_default_tag().to_string());
+        let original = d.with_default_tag().to_string();
+        let reference = self.relocate(&original);
         if let Some(r) = self.matching(&reference) {
             if r.blocked {
                 bail!("registry {} is blocked in registries.conf", r.prefix);
@@ -167,6 +225,7 @@ impl RegistriesConf {
         }
         Ok(Candidate {
             insecure: self.is_insecure(&reference),
+            mirrors: self.mirrors(&original),
             reference,
         })
     }
@@ -310,5 +369,42 @@ blocked = true
         std::fs::write(dir.join("60-bad.conf"), "this is = = not toml").unwrap();
         let e = RegistriesConf::load_from(&main, &dir).unwrap_err();
         assert!(format!("{e:#}").contains("60-bad.conf"), "{e:#}");
+    }
+
+    #[test]
+    fn mirrors_come_first_as_pull_from_mirror_says() {
+        let c = conf(
+            r#"
+[[registry]]
+location = "origin.example"
+[[registry.mirror]]
+location = "cache.example:5000/origin"
+insecure = true
+[[registry.mirror]]
+location = "digests.example"
+pull-from-mirror = "digest-only"
+
+[[registry]]
+location = "quay.io"
+mirror-by-digest-only = true
+[[registry.mirror]]
+location = "quay-cache.example"
+"#,
+        );
+        let one = |n: &str| c.resolve(n).unwrap().remove(0);
+        let tag = one("origin.example/etcd:3.4");
+        assert_eq!(tag.reference, "origin.example/etcd:3.4");
+        let m: Vec<&str> = tag.mirrors.iter().map(|m| m.reference.as_str()).collect();
+        assert_eq!(m, vec!["cache.example:5000/origin/etcd:3.4"]);
+        assert!(tag.mirrors[0].insecure);
+        let d = format!("origin.example/etcd@sha256:{}", "a".repeat(64));
+        assert_eq!(one(&d).mirrors.len(), 2);
+        assert!(one("quay.io/x/etcd:1").mirrors.is_empty());
+        let qd = format!("quay.io/x/etcd@sha256:{}", "b".repeat(64));
+        assert_eq!(
+            one(&qd).mirrors[0].reference,
+            format!("quay-cache.example/x/etcd@sha256:{}", "b".repeat(64))
+        );
+        assert!(one("docker.io/library/busybox:1").mirrors.is_empty());
     }
 }

@@ -66,10 +66,16 @@ fn sources(r: &ImageReference, fetch: &FetchOptions) -> Result<Vec<Source>> {
         }
     };
     Ok(match r.transport {
+        // Each candidate's mirrors come first, as registries.conf orders them.
         Transport::Bare => {
             let conf = RegistriesConf::load()?;
             conf.resolve(&r.rest)?
                 .into_iter()
+                .flat_map(|c| {
+                    let mut all = c.mirrors.clone();
+                    all.push(c);
+                    all
+                })
                 .map(|c| Source {
                     skopeo_ref: format!("docker://{}", c.reference),
                     tls_verify: tls(c.insecure),
@@ -79,11 +85,24 @@ fn sources(r: &ImageReference, fetch: &FetchOptions) -> Result<Vec<Source>> {
         }
         Transport::Docker => {
             let conf = RegistriesConf::load()?;
-            vec![Source {
+            let mirrors = conf
+                .resolve(&r.rest)
+                .map(|mut c| c.remove(0).mirrors)
+                .unwrap_or_default();
+            let mut out: Vec<Source> = mirrors
+                .into_iter()
+                .map(|m| Source {
+                    skopeo_ref: format!("docker://{}", m.reference),
+                    tls_verify: tls(m.insecure),
+                    _verified: None,
+                })
+                .collect();
+            out.push(Source {
                 skopeo_ref: r.to_skopeo(),
                 tls_verify: tls(conf.is_insecure(&r.rest)),
                 _verified: None,
-            }]
+            });
+            out
         }
         _ => vec![Source {
             skopeo_ref: r.to_skopeo(),

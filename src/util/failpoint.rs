@@ -14,6 +14,7 @@ pub const ALL: &[&str] = &[
     "install.enabled",
     "install.linked",
     "update.slot-built",
+    "fleet.slot-taken",
     "update.stopped",
     "switch.hostfs-removed",
     "switch.hostfs-applied",

@@ -24,7 +24,7 @@ pub fn require_root() {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -41,6 +41,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::launch("")
+    }
+
+    /// A pull-through cache of `remote` (docker-registry's `proxy.remoteurl`).
+    pub fn start_proxy(remote: &str) -> Registry {
+        Registry::launch(&format!("proxy:\n  remoteurl: {remote}\n"))
+    }
+
+    fn launch(extra: &str) -> Registry {
         let bin = Path::new("/usr/bin/docker-registry");
         assert!(
             bin.exists(),
@@ -52,7 +61,7 @@ impl Registry {
         std::fs::write(
             &conf,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -79,6 +88,11 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         r
+    }
+
+    /// Where it stores blobs and manifests.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
     }
 
     pub fn addr(&self) -> String {

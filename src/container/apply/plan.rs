@@ -196,14 +196,23 @@ fn decide(
     let info = deps.read_info(&w.name, slot)?;
     let old = Values::of(&info);
     let mut why = Vec::new();
-    if let Some(img) = img {
-        if img.id() != info.revision {
-            why.push(format!(
-                "image {} → {} ({})",
-                short(&info.revision),
-                short(img.id()),
-                img.name
-            ));
+    match img {
+        Some(img) if img.id() != info.revision => why.push(format!(
+            "image {} → {} ({})",
+            short(&info.revision),
+            short(img.id()),
+            img.name
+        )),
+        Some(_) => {}
+        // A dry run does not pull: another image name is a change it cannot see inside.
+        None => {
+            let wanted = w.sources.first().map(String::as_str).unwrap_or("");
+            if !wanted.is_empty() && wanted != info.image && wanted != info.syscont.image_name {
+                why.push(format!(
+                    "image {} → {wanted} (not in the store yet)",
+                    info.image
+                ));
+            }
         }
     }
     if w.values.set != old.set {
