@@ -288,19 +288,71 @@ def main():
     # --- RSS ------------------------------------------------------------------------
     if rss:
         w("## Peak memory\n")
-        w("Maximum resident set size from `/usr/bin/time -v` of a cold pull (no checkout). "
-          "The figure is the largest single process among the one timed and the children it "
-          "waited for: for syscont that is syscont itself or one of its skopeo proxies; for "
-          "the recipe, the largest of skopeo and ostree. Median over the runs, then the "
-          "largest.\n")
-        w("| image | tool | runs | peak RSS, median | peak RSS, max |")
+        w("Maximum resident set size from `/usr/bin/time -v` of the pull of each scenario (no "
+          "checkout), from the scenario's starting state. The figure is the largest single "
+          "process among the one timed and the children it waited for: for syscont that is "
+          "syscont itself or one of its skopeo proxies; for the recipe, the largest of skopeo "
+          "and ostree. Median over the runs, then the largest.\n")
+        w("| scenario | tool | runs | peak RSS, median | peak RSS, max |")
         w("|---|---|---|---|---|")
         groups = {}
+        desc = dict(SCENARIOS)
         for r in rss:
-            groups.setdefault((r["image"], r["tool"]), []).append(int(r["maxrss_kib"]))
-        for (image, tool), v in groups.items():
-            w(f"| {image} | {tool} | {len(v)} | {statistics.median(v) / 1024:.0f} MiB "
+            key = desc.get(r.get("scenario") or "", r["image"])
+            groups.setdefault((key, r["tool"]), []).append(int(r["maxrss_kib"]))
+        for (key, tool), v in groups.items():
+            w(f"| {key} | {tool} | {len(v)} | {statistics.median(v) / 1024:.0f} MiB "
               f"| {max(v) / 1024:.0f} MiB |")
+        w("")
+
+    # --- the sync tail ------------------------------------------------------------------
+    syncs = read_tsv(os.path.join(res, "syncs.tsv"))
+    if syncs:
+        w("## Waiting for the disk\n")
+        w("One cold etcd:3.4 pull under `strace -f -T -e trace=syncfs,fsync,fdatasync` "
+          "(`SYNC_TRACE=1`): how many such calls it made and how long they took in all (calls "
+          "on different threads overlap), then the same pull with libostree's commit `syncfs` "
+          "suppressed (`OSTREE_SUPPRESS_SYNCFS=1`, for this measurement only: syscont never "
+          "turns syncing off). Both wall times include strace's overhead.\n")
+        w("| variant | call | count | time in the calls | wall time of the pull |")
+        w("|---|---|---|---|---|")
+        for r in syncs:
+            w(f"| {r['variant']} | {r['call']} | {r['count']} | {secs(r['seconds'])} "
+              f"| {secs(r['wall'])} |")
+        w("")
+
+    # --- the service side ---------------------------------------------------------------
+    service = read_tsv(os.path.join(res, "service.tsv"))
+    startup = read_tsv(os.path.join(res, "startup.tsv"))
+    if service or startup:
+        w("## Services\n")
+        w("On a real systemd 252 (booted in a private namespace, as the tests do, when systemd "
+          "is not PID 1), with hello:1 and hello:2 stored; `bench/lib/service.py`. Wall-clock "
+          "seconds: median, then min-max.\n")
+        labels = {
+            "install-start": "`syscont install --start` hello:1, until it returns",
+            "install-to-active": "from that return until systemd reports the unit active",
+            "systemctl-start": "`systemctl start` of the installed unit, until active",
+            "runc-run": "`runc run -d` of the same bundle, until it returns",
+            "update": "`containers update --rebase` of the running container, "
+                      "`--probation 0`, end to end",
+            "list-1": "`containers list --all`, 1 container",
+            "list-10": "`containers list --all`, 10 containers",
+            "list-50": "`containers list --all`, 50 containers",
+            "version-warm": "`syscont --version`, warm",
+        }
+        w("| what | runs | median | min-max | note |")
+        w("|---|---|---|---|---|")
+        for r in service:
+            note = r.get("note", "")
+            if r["metric"] == "runc-run":
+                note = ""
+            w(f"| {labels.get(r['metric'], r['metric'])} | {r['runs']} | {secs(r['median'])} "
+              f"| {span(r)} | {note} |")
+        for r in startup:
+            what = ("`syscont --version`, warm (hyperfine)" if r["kind"] == "warm"
+                    else "`syscont --version`, cold (page cache dropped first)")
+            w(f"| {what} | {r['runs']} | {secs(r['median'])} | {span(r)} | |")
         w("")
 
     # --- fixtures -------------------------------------------------------------------

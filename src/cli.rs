@@ -269,6 +269,10 @@ pub(crate) struct FetchOpts {
         env = "SYSCONT_PULL_TIMEOUT"
     )]
     pub timeout: u64,
+    /// Have libostree hash every object again as it is written and fail on any difference
+    /// from syscont's checksum (slower; for diagnosis and tests).
+    #[arg(long, env = "SYSCONT_VERIFY_OBJECTS")]
+    pub verify_objects: bool,
 }
 
 impl Default for FetchOpts {
@@ -278,6 +282,8 @@ impl Default for FetchOpts {
             authfile: std::env::var_os("REGISTRY_AUTH_FILE").map(Into::into),
             arch: None,
             timeout: 60,
+            verify_objects: std::env::var("SYSCONT_VERIFY_OBJECTS")
+                .is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "no" | "off")),
         }
     }
 }

@@ -1,23 +1,29 @@
 //! `syscont pull`: resolve a name, stream the layers from skopeo's image proxy through
 //! decompression into OSTree, and record the image once everything is there.
 //!
-//! Nothing is spooled to disk: each blob goes pipe → hash → decompress → hash → tar
-//! parser → OSTree objects. Layers are fetched in parallel (one proxy per worker). A layer
-//! becomes visible (its `ociimage/<hex>` ref) only when it is complete and verified, and the
-//! image ref only when all its layers are, so an interrupted pull leaves no partial image
-//! and the next pull reuses the finished layers.
+//! Blobs are not spooled to disk: each goes pipe → hash → inflate (one thread) → hash →
+//! tar parser → object checksums (another) → object writers (a pool), see `tarimport`.
+//! Layers are fetched in parallel (one proxy per worker), the largest first, all into one
+//! OSTree transaction, so a pull waits for the disk once, at its end. A layer gets its
+//! `ociimage/<hex>` ref only when it is complete and verified, and the image ref only when
+//! all its layers are; refs become visible when the transaction commits, after libostree
+//! made everything durable. A killed pull therefore leaves no ref at all (its objects stay
+//! staged, and the next pull in the same boot does not write them again); a pull that fails
+//! still commits the layers that finished, so the next pull does not fetch them again.
 
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use ostree::glib::prelude::*;
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::cli::FetchOpts;
+use crate::objects::WriteMode;
+use crate::objpool::Flusher;
 use crate::output::outln;
 use crate::output::{self, human_size};
 use crate::proxy::{ImageProxy, OpenedImage, ProxyConfig};
@@ -26,7 +32,7 @@ use crate::registries::RegistriesConf;
 use crate::store::{
     self, metadata_variant, Compression, Descriptor, Manifest, Store, StoreConfig, REF_PREFIX,
 };
-use crate::tarimport::{self, gerr, DeviceNode, ImportStats};
+use crate::tarimport::{self, gerr, DeviceNode, ImportStats, WriteOpts};
 
 /// `syscont pull IMAGE`.
 pub(crate) fn pull_cmd(cfg: &StoreConfig, fetch: &FetchOpts, image: &str) -> Result<()> {
@@ -277,6 +283,7 @@ fn import_layer(
     img: OpenedImage,
     repo: &ostree::Repo,
     job: &LayerJob,
+    opts: &WriteOpts,
     allow_devices: bool,
     bar: Option<indicatif::ProgressBar>,
 ) -> Result<(String, ImportStats)> {
@@ -284,10 +291,12 @@ fn import_layer(
     let hex = desc.hex()?.to_string();
     let compression = Compression::from_media_type(&desc.media_type)?;
     let blob = proxy.get_blob(img, &desc.digest, desc.size)?;
-    let imported = tarimport::import_tar_with(repo, move |sink| {
+    // The producer: blob -> SHA-256 -> inflate, on its own thread; the tar's digest, the
+    // parser and the object checksums run on this one (tarimport).
+    let imported = tarimport::import_tar_with(repo, opts, allow_devices, move |pipe| {
         let mut counted = Hashing::new(blob);
         counted.bar = bar;
-        let (udigest, usize) = {
+        {
             // Trust the bytes over the media type: docker-archive sources declare gzip for
             // layers they store uncompressed.
             let mut head = Vec::with_capacity(8);
@@ -295,25 +304,20 @@ fn import_layer(
             let compression = sniff_compression(&head).unwrap_or(compression);
             let buffered =
                 BufReader::with_capacity(256 * 1024, io::Cursor::new(head).chain(&mut counted));
-            let decompressed: Box<dyn Read + Send + '_> = match compression {
+            let mut decompressed: Box<dyn Read + '_> = match compression {
                 Compression::None => Box::new(buffered),
-                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+                Compression::Gzip => crate::inflate::gzip(buffered),
                 Compression::Zstd => Box::new(
                     zstd::stream::read::Decoder::with_buffer(buffered)
                         .context("Starting zstd decompression")?,
                 ),
             };
-            let mut u = Hashing::new(decompressed);
-            tarimport::parse_layer(&mut u, allow_devices, sink)?;
-            io::copy(&mut u, &mut io::sink()).context("Reading the end of the layer")?;
-            let (_, d, n) = u.finish();
-            (d, n)
-        };
+            pipe.pump(&mut decompressed)?;
+        }
         io::copy(&mut counted, &mut io::sink()).context("Reading the end of the blob")?;
-        let (blob, cdigest, csize) = counted.finish();
-        Ok((blob, cdigest, csize, udigest, usize))
+        Ok(counted.finish())
     });
-    let (tree, (blob, cdigest, csize, udigest, usize)) = match imported {
+    let (tree, tar, (blob, cdigest, csize)) = match imported {
         Ok(v) => v,
         Err(e) => {
             let ours = format!("{e:#}");
@@ -330,6 +334,7 @@ fn import_layer(
             return Err(e.context(format!("Importing layer {}", desc.digest)));
         }
     };
+    let (udigest, usize) = (tar.digest, tar.size);
     proxy
         .finish_blob(blob)
         .with_context(|| format!("Fetching layer {}", desc.digest))?;
@@ -397,6 +402,21 @@ pub(crate) fn in_transaction<T>(repo: &ostree::Repo, f: impl FnOnce() -> Result<
         Err(e) => {
             let _ = repo.abort_transaction(gio::Cancellable::NONE);
             Err(e)
+        }
+    }
+}
+
+/// Ends a pull's transaction. It is committed after a failure too: the layers that were
+/// complete and verified keep their refs, so the next pull does not fetch them again, and
+/// nothing names the image, whose ref is set only once everything else is in place. It is
+/// aborted only when the commit itself fails.
+fn end_pull_transaction<T>(repo: &ostree::Repo, res: Result<T>) -> Result<T> {
+    match repo.commit_transaction(gio::Cancellable::NONE) {
+        Ok(_) => res,
+        Err(e) => {
+            let _ = repo.abort_transaction(gio::Cancellable::NONE);
+            let e = gerr(e).context("Committing the OSTree transaction");
+            res.and(Err(e))
         }
     }
 }
@@ -489,41 +509,50 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
         );
     }
 
-    // Reuse recompressed layers by their uncompressed digest.
-    let mut jobs = VecDeque::new();
-    for (i, l) in manifest.layers.iter().enumerate() {
-        if !missing.iter().any(|m| m.digest == l.digest) {
-            continue;
-        }
-        if let Some(other) = layer_by_diff_id(store, &diff_ids[i])? {
-            alias_layer(store, &other, l, &diff_ids[i])?;
-            output::status(format!(
-                "Layer {} is already stored under another compression.",
-                l.digest
-            ));
-            continue;
-        }
-        jobs.push_back(LayerJob {
-            index: i,
-            desc: l.clone(),
-            diff_id: diff_ids[i].clone(),
-        });
-    }
-    jobs.make_contiguous()
-        .sort_by_key(|j| std::cmp::Reverse(j.desc.size));
-    let needed: u64 = jobs.iter().map(|j| j.desc.size).sum();
-    output::status(format!(
-        "Pulling {name} from {}: {} layers present, {} needed ({}).",
-        src.skopeo_ref,
-        manifest.layers.len() - jobs.len(),
-        jobs.len(),
-        human_size(needed)
-    ));
-    fetch_layers(store, fetch, &src, proxy, img, jobs)?;
-
-    // Record the image: config blob, merged rootfs, image ref — in one transaction.
+    // One transaction for the whole pull, so the pull waits for the disk once: libostree
+    // makes a transaction durable (syncfs, then every objects/ directory fsynced) when it
+    // commits. The image ref is set last, when everything it names is in place.
     let repo = &store.repo;
-    in_transaction(repo, || {
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .map_err(gerr)
+        .context("Starting an OSTree transaction")?;
+    let recorded = (|| -> Result<()> {
+        // Layers recorded in this transaction (refs set in it are read back only after it).
+        let mut new_layers = HashMap::new();
+        // Reuse recompressed layers by their uncompressed digest.
+        let mut jobs = VecDeque::new();
+        for (i, l) in manifest.layers.iter().enumerate() {
+            if !missing.iter().any(|m| m.digest == l.digest) {
+                continue;
+            }
+            if let Some(other) = layer_by_diff_id(store, &diff_ids[i])? {
+                let c = alias_layer(store, &other, l, &diff_ids[i])?;
+                new_layers.insert(l.hex()?.to_string(), c);
+                output::status(format!(
+                    "Layer {} is already stored under another compression.",
+                    l.digest
+                ));
+                continue;
+            }
+            jobs.push_back(LayerJob {
+                index: i,
+                desc: l.clone(),
+                diff_id: diff_ids[i].clone(),
+            });
+        }
+        jobs.make_contiguous()
+            .sort_by_key(|j| std::cmp::Reverse(j.desc.size));
+        let needed: u64 = jobs.iter().map(|j| j.desc.size).sum();
+        output::status(format!(
+            "Pulling {name} from {}: {} layers present, {} needed ({}).",
+            src.skopeo_ref,
+            manifest.layers.len() - jobs.len(),
+            jobs.len(),
+            human_size(needed)
+        ));
+        new_layers.extend(fetch_layers(store, fetch, &src, proxy, img, jobs)?);
+
+        // Record the image: config blob, merged rootfs, image ref.
         if !config_present {
             let c = commit_files(
                 repo,
@@ -539,11 +568,11 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
             .iter()
             .map(|l| {
                 let hex = l.hex()?;
+                if let Some(c) = new_layers.get(hex) {
+                    return Ok(c.clone());
+                }
                 store
-                    .repo
-                    .resolve_rev(&format!("{REF_PREFIX}{hex}"), false)
-                    .map_err(gerr)?
-                    .map(|c| c.to_string())
+                    .blob_commit(hex)?
                     .ok_or_else(|| anyhow!("layer {} is missing after the pull", l.digest))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -551,7 +580,8 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
         crate::failpoint::hit("pull.before-image-ref");
         repo.transaction_set_ref(None, &reference::encode_ostree_ref(&name), Some(&commit));
         Ok(())
-    })?;
+    })();
+    end_pull_transaction(repo, recorded)?;
     output::status(format!("Pulled {name} ({digest})."));
     Ok(PullResult { name, digest })
 }
@@ -601,7 +631,12 @@ pub(crate) fn refetch_layers(
         img.name,
         src.skopeo_ref
     ));
-    fetch_layers(store, fetch, &src, proxy, handle, jobs)
+    let repo = &store.repo;
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .map_err(gerr)
+        .context("Starting an OSTree transaction")?;
+    let fetched = fetch_layers(store, fetch, &src, proxy, handle, jobs);
+    end_pull_transaction(repo, fetched).map(|_| ())
 }
 
 /// Writes the image commit of a stored image again from its layers (when objects of its
@@ -661,45 +696,45 @@ fn fetch_config_blob(
     Ok(buf)
 }
 
-/// Gives a recompressed blob its own ref, sharing the tree of an existing layer.
-fn alias_layer(store: &Store, other: &str, desc: &Descriptor, diff_id: &str) -> Result<()> {
+/// Gives a recompressed blob its own ref, sharing the tree of an existing layer, in the
+/// open transaction; returns its commit.
+fn alias_layer(store: &Store, other: &str, desc: &Descriptor, diff_id: &str) -> Result<String> {
     let repo = &store.repo;
-    in_transaction(repo, || {
-        let (root, _) = repo
-            .read_commit(other, gio::Cancellable::NONE)
-            .map_err(gerr)?;
-        let root = root
-            .downcast::<ostree::RepoFile>()
-            .map_err(|_| anyhow!("commit root is not a repo file"))?;
-        let (meta, _) = store.commit_meta(other)?;
-        let mut pairs = vec![
-            ("docker.size", desc.size.to_string()),
-            (
-                "docker.uncompressed_size",
-                meta.get("docker.uncompressed_size")
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
-            ("docker.uncompressed_digest", diff_id.to_string()),
-            ("syscont.media-type", desc.media_type.clone()),
-        ];
-        if let Some(d) = meta.get("syscont.devices") {
-            pairs.push(("syscont.devices", d.clone()));
-        }
-        let commit = repo
-            .write_commit_with_time(
-                None,
-                Some(&format!("layer {}", desc.digest)),
-                None,
-                Some(&metadata_variant(&pairs)),
-                &root,
-                0,
-                gio::Cancellable::NONE,
-            )
-            .map_err(gerr)?;
-        repo.transaction_set_ref(None, &format!("{REF_PREFIX}{}", desc.hex()?), Some(&commit));
-        Ok(())
-    })
+    let (root, _) = repo
+        .read_commit(other, gio::Cancellable::NONE)
+        .map_err(gerr)?;
+    let root = root
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow!("commit root is not a repo file"))?;
+    let (meta, _) = store.commit_meta(other)?;
+    let mut pairs = vec![
+        ("docker.size", desc.size.to_string()),
+        (
+            "docker.uncompressed_size",
+            meta.get("docker.uncompressed_size")
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        ("docker.uncompressed_digest", diff_id.to_string()),
+        ("syscont.media-type", desc.media_type.clone()),
+    ];
+    if let Some(d) = meta.get("syscont.devices") {
+        pairs.push(("syscont.devices", d.clone()));
+    }
+    let commit = repo
+        .write_commit_with_time(
+            None,
+            Some(&format!("layer {}", desc.digest)),
+            None,
+            Some(&metadata_variant(&pairs)),
+            &root,
+            0,
+            gio::Cancellable::NONE,
+        )
+        .map_err(gerr)?
+        .to_string();
+    repo.transaction_set_ref(None, &format!("{REF_PREFIX}{}", desc.hex()?), Some(&commit));
+    Ok(commit)
 }
 
 /// How often a layer is fetched before its pull fails.
@@ -723,7 +758,10 @@ fn worth_retrying(e: &anyhow::Error) -> bool {
     .any(|k| m.contains(k))
 }
 
-/// Fetches the jobs with up to one worker per core, each with its own proxy and repo handle.
+/// Fetches the jobs with up to one worker per core, each with its own skopeo proxy, into
+/// the store's open transaction (libostree writes from several threads into one
+/// transaction). Returns the commit of each layer, by digest hex; a layer that fails is
+/// fetched again (its partial objects are correctly named and merely unreferenced).
 fn fetch_layers(
     store: &Store,
     fetch: &FetchOpts,
@@ -731,9 +769,9 @@ fn fetch_layers(
     first_proxy: ImageProxy,
     first_img: OpenedImage,
     jobs: VecDeque<LayerJob>,
-) -> Result<()> {
+) -> Result<HashMap<String, String>> {
     if jobs.is_empty() {
-        return Ok(());
+        return Ok(HashMap::new());
     }
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -744,7 +782,16 @@ fn fetch_layers(
     let failed = AtomicBool::new(false);
     let allow_devices = !store.user_mode;
     let first = Mutex::new(Some((first_proxy, first_img)));
-    let repo_path = store.repo_path.clone();
+    let done = Mutex::new(HashMap::new());
+    let flusher = Flusher::start(&store.repo_path)?;
+    let opts = WriteOpts {
+        mode: if fetch.verify_objects {
+            WriteMode::Verify
+        } else {
+            WriteMode::Trusted
+        },
+        flusher: Some(flusher.clone()),
+    };
     let multi = output::progress();
     // Lines go above the bars while they are drawn.
     let say = |line: String| match &multi {
@@ -756,7 +803,12 @@ fn fetch_layers(
     let results: Vec<Result<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                s.spawn(|| -> Result<()> {
+                // One handle per worker (a repo is Send, not Sync), all in the same transaction.
+                let repo = store.repo.clone();
+                let (first, queue, failed, done, opts, say) =
+                    (&first, &queue, &failed, &done, &opts, &say);
+                let multi = &multi;
+                s.spawn(move || -> Result<()> {
                     let taken = first.lock().expect("not poisoned").take();
                     let (mut proxy, mut img) = match taken {
                         Some(p) => p,
@@ -766,7 +818,6 @@ fn fetch_layers(
                             (p, i)
                         }
                     };
-                    let repo = store::open_repo(&repo_path)?;
                     loop {
                         if failed.load(Ordering::Relaxed) {
                             return Ok(());
@@ -782,9 +833,15 @@ fn fetch_layers(
                         });
                         let mut attempt = 1;
                         let res = loop {
-                            let res = in_transaction(&repo, || {
-                                import_layer(&mut proxy, img, &repo, &job, allow_devices, bar.clone())
-                            });
+                            let res = import_layer(
+                                &mut proxy,
+                                img,
+                                &repo,
+                                &job,
+                                &opts,
+                                allow_devices,
+                                bar.clone(),
+                            );
                             match res {
                                 Err(e) if attempt < LAYER_ATTEMPTS && worth_retrying(&e) => {
                                     say(format!(
@@ -811,7 +868,10 @@ fn fetch_layers(
                             crate::failpoint::hit("pull.layer-committed");
                         }
                         match res {
-                            Ok((_, stats)) => say(format!(
+                            Ok((commit, stats)) => {
+                                let hex = job.desc.hex()?.to_string();
+                                done.lock().expect("not poisoned").insert(hex, commit);
+                                say(format!(
                                 "Layer {} ({}, #{}) done in {:.2} s: {} entries, {} new objects, {} reused.",
                                 job.desc.digest,
                                 human_size(job.desc.size),
@@ -820,7 +880,8 @@ fn fetch_layers(
                                 stats.entries,
                                 stats.objects_written,
                                 stats.objects_reused
-                            )),
+                            ))
+                            }
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
                                 return Err(e);
@@ -838,10 +899,11 @@ fn fetch_layers(
             })
             .collect()
     });
+    flusher.stop();
     for r in results {
         r?;
     }
-    Ok(())
+    Ok(done.into_inner().expect("not poisoned"))
 }
 
 /// Commits a tree of regular files (mode 0644) plus an optional subtree `rootfs`.

@@ -217,15 +217,6 @@ pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Opens another handle on an existing repository (one per worker thread).
-pub(crate) fn open_repo(path: &Path) -> Result<ostree::Repo> {
-    let repo = ostree::Repo::new_for_path(path);
-    repo.open(gio::Cancellable::NONE)
-        .map_err(gerr)
-        .with_context(|| format!("Opening the OSTree repository {}", path.display()))?;
-    Ok(repo)
-}
-
 impl StoreConfig {
     /// The repository path: `--repo`, else `/ostree/repo` when it exists on the checkout
     /// path's filesystem, else `CHECKOUT/.storage/ostree`.
