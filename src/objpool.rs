@@ -157,7 +157,7 @@ impl ObjectPool {
         mode: WriteMode,
         budget: Arc<Budget>,
         flusher: Option<Arc<Flusher>>,
-    ) -> ObjectPool {
+    ) -> Result<ObjectPool> {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -170,8 +170,9 @@ impl ObjectPool {
                 let rx = rx.clone();
                 let budget = budget.clone();
                 let flusher = flusher.clone();
-                std::thread::spawn(move || -> Result<()> {
-                    loop {
+                let spawned = std::thread::Builder::new()
+                    .name("objects".into())
+                    .spawn(move || loop {
                         let job = match rx.lock().expect("not poisoned").recv() {
                             Ok(job) => job,
                             Err(_) => return Ok(()),
@@ -184,14 +185,14 @@ impl ObjectPool {
                         if let Some(f) = &flusher {
                             f.wrote(bytes);
                         }
-                    }
-                })
+                    });
+                spawned.map_err(|e| anyhow!("Starting an object writer: {e}"))
             })
-            .collect();
-        ObjectPool {
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ObjectPool {
             tx: Some(tx),
             threads,
-        }
+        })
     }
 
     /// Queues a write; fails with the writer's own error when a writer has stopped.

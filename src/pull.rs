@@ -802,13 +802,14 @@ fn fetch_layers(
     };
     let results: Vec<Result<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
-            .map(|_| {
+            .map(|n| {
                 // One handle per worker (a repo is Send, not Sync), all in the same transaction.
                 let repo = store.repo.clone();
                 let (first, queue, failed, done, opts, say) =
                     (&first, &queue, &failed, &done, &opts, &say);
                 let multi = &multi;
-                s.spawn(move || -> Result<()> {
+                let worker = std::thread::Builder::new().name(format!("layer-{n}"));
+                worker.spawn_scoped(s, move || -> Result<()> {
                     let taken = first.lock().expect("not poisoned").take();
                     let (mut proxy, mut img) = match taken {
                         Some(p) => p,
@@ -893,9 +894,11 @@ fn fetch_layers(
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a layer worker panicked")))
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("a layer worker panicked"))),
+                Err(e) => Err(anyhow!("Starting a layer worker: {e}")),
             })
             .collect()
     });

@@ -427,7 +427,10 @@ where
 {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
     std::thread::scope(|s| {
-        let producer = s.spawn(move || produce(&mut TarPipe { tx }));
+        let producer = std::thread::Builder::new()
+            .name("inflate".into())
+            .spawn_scoped(s, move || produce(&mut TarPipe { tx }))
+            .context("Starting the layer's inflate thread")?;
         let mut reader = PipeReader {
             rx,
             cur: Vec::new(),

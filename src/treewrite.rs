@@ -104,7 +104,7 @@ impl<'r> TreeWriter<'r> {
             devices: Vec::new(),
             large: None,
             stats: ImportStats::default(),
-            pool: ObjectPool::new(repo, opts.mode, budget.clone(), opts.flusher.clone()),
+            pool: ObjectPool::new(repo, opts.mode, budget.clone(), opts.flusher.clone())?,
             budget,
         };
         let m = w.dirmeta_checksum(&Meta::default_dir())?;
