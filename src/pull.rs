@@ -9,7 +9,8 @@
 //! all its layers are; refs become visible when the transaction commits, after libostree
 //! made everything durable. A killed pull therefore leaves no ref at all (its objects stay
 //! staged, and the next pull in the same boot does not write them again); a pull that fails
-//! still commits the layers that finished, so the next pull does not fetch them again.
+//! still commits the layers that finished, so the next pull does not fetch them again, and
+//! one where none finished gives back what it wrote.
 
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
@@ -406,11 +407,16 @@ pub(crate) fn in_transaction<T>(repo: &ostree::Repo, f: impl FnOnce() -> Result<
     }
 }
 
-/// Ends a pull's transaction. It is committed after a failure too: the layers that were
-/// complete and verified keep their refs, so the next pull does not fetch them again, and
-/// nothing names the image, whose ref is set only once everything else is in place. It is
-/// aborted only when the commit itself fails.
-fn end_pull_transaction<T>(repo: &ostree::Repo, res: Result<T>) -> Result<T> {
+/// Ends a pull's transaction. After a failure it is committed too when `keep` (some
+/// layers were complete and verified): they keep their refs, so the next pull does not
+/// fetch them again, and nothing names the image, whose ref is set only once everything
+/// else is in place. Otherwise a failed pull's transaction is aborted, which gives back what
+/// it wrote.
+fn end_pull_transaction<T>(repo: &ostree::Repo, res: Result<T>, keep: bool) -> Result<T> {
+    if res.is_err() && !keep {
+        let _ = repo.abort_transaction(gio::Cancellable::NONE);
+        return res;
+    }
     match repo.commit_transaction(gio::Cancellable::NONE) {
         Ok(_) => res,
         Err(e) => {
@@ -516,9 +522,9 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
     repo.prepare_transaction(gio::Cancellable::NONE)
         .map_err(gerr)
         .context("Starting an OSTree transaction")?;
+    // Layers recorded in this transaction (refs set in it are read back only after it).
+    let new_layers = Mutex::new(HashMap::new());
     let recorded = (|| -> Result<()> {
-        // Layers recorded in this transaction (refs set in it are read back only after it).
-        let mut new_layers = HashMap::new();
         // Reuse recompressed layers by their uncompressed digest.
         let mut jobs = VecDeque::new();
         for (i, l) in manifest.layers.iter().enumerate() {
@@ -527,7 +533,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
             }
             if let Some(other) = layer_by_diff_id(store, &diff_ids[i])? {
                 let c = alias_layer(store, &other, l, &diff_ids[i])?;
-                new_layers.insert(l.hex()?.to_string(), c);
+                lock(&new_layers).insert(l.hex()?.to_string(), c);
                 output::status(format!(
                     "Layer {} is already stored under another compression.",
                     l.digest
@@ -550,7 +556,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
             jobs.len(),
             human_size(needed)
         ));
-        new_layers.extend(fetch_layers(store, fetch, &src, proxy, img, jobs)?);
+        fetch_layers(store, fetch, &src, proxy, img, jobs, &new_layers)?;
 
         // Record the image: config blob, merged rootfs, image ref.
         if !config_present {
@@ -568,7 +574,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
             .iter()
             .map(|l| {
                 let hex = l.hex()?;
-                if let Some(c) = new_layers.get(hex) {
+                if let Some(c) = lock(&new_layers).get(hex) {
                     return Ok(c.clone());
                 }
                 store
@@ -581,7 +587,8 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
         repo.transaction_set_ref(None, &reference::encode_ostree_ref(&name), Some(&commit));
         Ok(())
     })();
-    end_pull_transaction(repo, recorded)?;
+    let keep = !lock(&new_layers).is_empty();
+    end_pull_transaction(repo, recorded, keep)?;
     output::status(format!("Pulled {name} ({digest})."));
     Ok(PullResult { name, digest })
 }
@@ -635,8 +642,14 @@ pub(crate) fn refetch_layers(
     repo.prepare_transaction(gio::Cancellable::NONE)
         .map_err(gerr)
         .context("Starting an OSTree transaction")?;
-    let fetched = fetch_layers(store, fetch, &src, proxy, handle, jobs);
-    end_pull_transaction(repo, fetched).map(|_| ())
+    let done = Mutex::new(HashMap::new());
+    let fetched = fetch_layers(store, fetch, &src, proxy, handle, jobs, &done);
+    let keep = !lock(&done).is_empty();
+    end_pull_transaction(repo, fetched, keep)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("not poisoned")
 }
 
 /// Writes the image commit of a stored image again from its layers (when objects of its
@@ -760,8 +773,9 @@ fn worth_retrying(e: &anyhow::Error) -> bool {
 
 /// Fetches the jobs with up to one worker per core, each with its own skopeo proxy, into
 /// the store's open transaction (libostree writes from several threads into one
-/// transaction). Returns the commit of each layer, by digest hex; a layer that fails is
-/// fetched again (its partial objects are correctly named and merely unreferenced).
+/// transaction). Records the commit of each layer in `done`, by digest hex, as it
+/// finishes; a layer that fails is fetched again (its partial objects are correctly named
+/// and merely unreferenced).
 fn fetch_layers(
     store: &Store,
     fetch: &FetchOpts,
@@ -769,9 +783,10 @@ fn fetch_layers(
     first_proxy: ImageProxy,
     first_img: OpenedImage,
     jobs: VecDeque<LayerJob>,
-) -> Result<HashMap<String, String>> {
+    done: &Mutex<HashMap<String, String>>,
+) -> Result<()> {
     if jobs.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(());
     }
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -782,7 +797,6 @@ fn fetch_layers(
     let failed = AtomicBool::new(false);
     let allow_devices = !store.user_mode;
     let first = Mutex::new(Some((first_proxy, first_img)));
-    let done = Mutex::new(HashMap::new());
     let flusher = Flusher::start(&store.repo_path)?;
     let opts = WriteOpts {
         mode: if fetch.verify_objects {
@@ -805,8 +819,7 @@ fn fetch_layers(
             .map(|n| {
                 // One handle per worker (a repo is Send, not Sync), all in the same transaction.
                 let repo = store.repo.clone();
-                let (first, queue, failed, done, opts, say) =
-                    (&first, &queue, &failed, &done, &opts, &say);
+                let (first, queue, failed, opts, say) = (&first, &queue, &failed, &opts, &say);
                 let multi = &multi;
                 let worker = std::thread::Builder::new().name(format!("layer-{n}"));
                 worker.spawn_scoped(s, move || -> Result<()> {
@@ -839,7 +852,7 @@ fn fetch_layers(
                                 img,
                                 &repo,
                                 &job,
-                                &opts,
+                                opts,
                                 allow_devices,
                                 bar.clone(),
                             );
@@ -871,7 +884,7 @@ fn fetch_layers(
                         match res {
                             Ok((commit, stats)) => {
                                 let hex = job.desc.hex()?.to_string();
-                                done.lock().expect("not poisoned").insert(hex, commit);
+                                lock(done).insert(hex, commit);
                                 say(format!(
                                 "Layer {} ({}, #{}) done in {:.2} s: {} entries, {} new objects, {} reused.",
                                 job.desc.digest,
@@ -906,7 +919,7 @@ fn fetch_layers(
     for r in results {
         r?;
     }
-    Ok(done.into_inner().expect("not poisoned"))
+    Ok(())
 }
 
 /// Commits a tree of regular files (mode 0644) plus an optional subtree `rootfs`.

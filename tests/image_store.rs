@@ -420,6 +420,7 @@ fn recompressed_layers_are_not_fetched_again() {
     ]);
     assert!(out.contains("another compression"), "{out}");
     assert!(out.contains("0 needed"), "{out}");
+    sc.fsck();
 }
 
 #[test]
