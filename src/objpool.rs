@@ -66,12 +66,14 @@ impl Budget {
 }
 
 /// Written bytes after which the flusher starts a `syncfs`.
-const FLUSH_EVERY: u64 = 32 * 1024 * 1024;
+const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct FlushState {
     /// Bytes written since the last flush started.
     pending: u64,
+    /// A flush was asked for, whatever was written.
+    now: bool,
     stop: bool,
 }
 
@@ -111,13 +113,14 @@ impl Flusher {
         loop {
             {
                 let mut st = self.state.lock().expect("not poisoned");
-                while !st.stop && st.pending < FLUSH_EVERY {
+                while !st.stop && !st.now && st.pending < FLUSH_EVERY {
                     st = self.wake.wait(st).expect("not poisoned");
                 }
                 if st.stop {
                     return;
                 }
                 st.pending = 0;
+                st.now = false;
             }
             // An early start only: the commit's own syncfs reports what fails.
             if let Err(e) = rustix::fs::syncfs(&fd) {
@@ -133,6 +136,12 @@ impl Flusher {
         if st.pending >= FLUSH_EVERY {
             self.wake.notify_one();
         }
+    }
+
+    /// Starts a flush now (when the writing is done and other work follows), not waiting.
+    pub(crate) fn flush_now(&self) {
+        self.state.lock().expect("not poisoned").now = true;
+        self.wake.notify_one();
     }
 
     /// Stops the thread (a flush under way finishes first).

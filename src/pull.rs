@@ -412,12 +412,27 @@ pub(crate) fn in_transaction<T>(repo: &ostree::Repo, f: impl FnOnce() -> Result<
 /// fetch them again, and nothing names the image, whose ref is set only once everything
 /// else is in place. Otherwise a failed pull's transaction is aborted, which gives back what
 /// it wrote.
-fn end_pull_transaction<T>(repo: &ostree::Repo, res: Result<T>, keep: bool) -> Result<T> {
+fn end_pull_transaction<T>(
+    repo: &ostree::Repo,
+    res: Result<T>,
+    keep: bool,
+    opts: &WriteOpts,
+) -> Result<T> {
+    // A flush under way finishes first; the commit syncs what is left.
+    if let Some(f) = &opts.flusher {
+        f.stop();
+    }
     if res.is_err() && !keep {
         let _ = repo.abort_transaction(gio::Cancellable::NONE);
         return res;
     }
-    match repo.commit_transaction(gio::Cancellable::NONE) {
+    let start = Instant::now();
+    let committed = repo.commit_transaction(gio::Cancellable::NONE);
+    tracing::debug!(
+        "transaction committed in {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
+    match committed {
         Ok(_) => res,
         Err(e) => {
             let _ = repo.abort_transaction(gio::Cancellable::NONE);
@@ -519,6 +534,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
     // makes a transaction durable (syncfs, then every objects/ directory fsynced) when it
     // commits. The image ref is set last, when everything it names is in place.
     let repo = &store.repo;
+    let opts = write_opts(store, fetch)?;
     repo.prepare_transaction(gio::Cancellable::NONE)
         .map_err(gerr)
         .context("Starting an OSTree transaction")?;
@@ -556,7 +572,9 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
             jobs.len(),
             human_size(needed)
         ));
-        fetch_layers(store, fetch, &src, proxy, img, jobs, &new_layers)?;
+        fetch_layers(store, fetch, &src, (proxy, img), jobs, &opts, &new_layers)?;
+        // Write back the layers while the image is recorded.
+        flush_now(&opts);
 
         // Record the image: config blob, merged rootfs, image ref.
         if !config_present {
@@ -588,7 +606,7 @@ pub(crate) fn pull(store: &Store, fetch: &FetchOpts, image: &str) -> Result<Pull
         Ok(())
     })();
     let keep = !lock(&new_layers).is_empty();
-    end_pull_transaction(repo, recorded, keep)?;
+    end_pull_transaction(repo, recorded, keep, &opts)?;
     output::status(format!("Pulled {name} ({digest})."));
     Ok(PullResult { name, digest })
 }
@@ -642,10 +660,29 @@ pub(crate) fn refetch_layers(
     repo.prepare_transaction(gio::Cancellable::NONE)
         .map_err(gerr)
         .context("Starting an OSTree transaction")?;
+    let opts = write_opts(store, fetch)?;
     let done = Mutex::new(HashMap::new());
-    let fetched = fetch_layers(store, fetch, &src, proxy, handle, jobs, &done);
+    let fetched = fetch_layers(store, fetch, &src, (proxy, handle), jobs, &opts, &done);
     let keep = !lock(&done).is_empty();
-    end_pull_transaction(repo, fetched, keep)
+    end_pull_transaction(repo, fetched, keep, &opts)
+}
+
+/// How a pull writes objects: trusted or verified, with a flusher for the store.
+fn write_opts(store: &Store, fetch: &FetchOpts) -> Result<WriteOpts> {
+    Ok(WriteOpts {
+        mode: if fetch.verify_objects {
+            WriteMode::Verify
+        } else {
+            WriteMode::Trusted
+        },
+        flusher: Some(Flusher::start(&store.repo_path)?),
+    })
+}
+
+fn flush_now(opts: &WriteOpts) {
+    if let Some(f) = &opts.flusher {
+        f.flush_now();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -780,9 +817,9 @@ fn fetch_layers(
     store: &Store,
     fetch: &FetchOpts,
     src: &Source,
-    first_proxy: ImageProxy,
-    first_img: OpenedImage,
+    first: (ImageProxy, OpenedImage),
     jobs: VecDeque<LayerJob>,
+    opts: &WriteOpts,
     done: &Mutex<HashMap<String, String>>,
 ) -> Result<()> {
     if jobs.is_empty() {
@@ -796,16 +833,7 @@ fn fetch_layers(
     let queue = Mutex::new(jobs);
     let failed = AtomicBool::new(false);
     let allow_devices = !store.user_mode;
-    let first = Mutex::new(Some((first_proxy, first_img)));
-    let flusher = Flusher::start(&store.repo_path)?;
-    let opts = WriteOpts {
-        mode: if fetch.verify_objects {
-            WriteMode::Verify
-        } else {
-            WriteMode::Trusted
-        },
-        flusher: Some(flusher.clone()),
-    };
+    let first = Mutex::new(Some(first));
     let multi = output::progress();
     // Lines go above the bars while they are drawn.
     let say = |line: String| match &multi {
@@ -819,7 +847,7 @@ fn fetch_layers(
             .map(|n| {
                 // One handle per worker (a repo is Send, not Sync), all in the same transaction.
                 let repo = store.repo.clone();
-                let (first, queue, failed, opts, say) = (&first, &queue, &failed, &opts, &say);
+                let (first, queue, failed, say) = (&first, &queue, &failed, &say);
                 let multi = &multi;
                 let worker = std::thread::Builder::new().name(format!("layer-{n}"));
                 worker.spawn_scoped(s, move || -> Result<()> {
@@ -915,7 +943,6 @@ fn fetch_layers(
             })
             .collect()
     });
-    flusher.stop();
     for r in results {
         r?;
     }
