@@ -271,17 +271,24 @@ def main():
 
     # --- why syscont is where it is against the floor (profiled, not measured per run) ---
     w("### Where syscont's time goes\n")
-    w("From `perf record` of a cold debian-base:1 pull on this machine (2026-11-30), not "
-      "measured by each run. A layer streams skopeo → sha256 of the blob → zlib-rs inflate → "
-      "sha256 of the tar → tar parser on one thread; a second thread builds the OSTree tree "
-      "and hashes each file (its object checksum, so a file already stored is never written "
-      "again); a pool of threads writes the new objects into the open transaction. About 30% "
-      "of the CPU is libostree 2022.7 checksumming every object again as it writes it, with "
-      "GLib's SHA-256 in software (Debian's libostree links no crypto library), and about a "
-      "quarter is the kernel creating and writing the object files; inflate is about 17% and "
-      "syscont's own hashing about 10%. The floor above has none of the per-object work, so "
-      "syscont stays near 4x the floor while using both cores; going below that would mean "
-      "writing objects without libostree.\n")
+    w("From `perf record` of a cold etcd:3.4 pull on this machine (2026-12-02, other work "
+      "running), not measured by each run; shares of all CPU samples of syscont and its "
+      "skopeo proxies. Each layer is a pipeline: an *inflate* thread reads the blob from "
+      "skopeo, hashes it (SHA-256 with SHA-NI) and inflates it with ISA-L's igzip (about 19%); "
+      "the layer's own thread hashes the tar (its uncompressed digest), parses it and computes "
+      "every file's OSTree checksum once, with SHA-NI, so a file already stored is never "
+      "written again (about 26% for the layers together); a pool of object writers hands the "
+      "new objects to libostree under those checksums (`write_content_trusted`: libostree "
+      "hashes nothing), which is about 31%, nearly all of it the kernel creating, filling "
+      "and linking the object files. skopeo is about 14%, and the main thread (the merged "
+      "`/rootfs`, then the transaction's commit: renaming every object out of staging) about "
+      "10%. GLib's software SHA-256, 30% of the CPU before, no longer appears. The whole pull "
+      "is one transaction, and a background thread starts writeback (`syncfs`) every 16 MiB "
+      "written, so the commit's `syncfs` and its fsync of the 256 `objects/` directories "
+      "happen once and find little left to write. What separates syscont from the floor is "
+      "the per-object work of libostree's store (a temporary file, `fallocate`, writes in "
+      "8 KiB pieces, ownership, mode and time set, a link into staging, a rename at commit) "
+      "and the durability the floor does not pay for.\n")
 
     # --- disk -----------------------------------------------------------------------
     if disk:
@@ -352,8 +359,9 @@ def main():
         w("One cold etcd:3.4 pull under `strace -f -T -e trace=syncfs,fsync,fdatasync` "
           "(`SYNC_TRACE=1`): how many such calls it made and how long they took in all (calls "
           "on different threads overlap), then the same pull with libostree's commit `syncfs` "
-          "suppressed (`OSTREE_SUPPRESS_SYNCFS=1`, for this measurement only: syscont never "
-          "turns syncing off). Both wall times include strace's overhead.\n")
+          "suppressed (`OSTREE_SUPPRESS_SYNCFS=1`, which also turns off syscont's background "
+          "`syncfs`; for this measurement only: syscont never turns syncing off, and the "
+          "directory fsyncs stay). Both wall times include strace's overhead.\n")
         w("| variant | call | count | time in the calls | wall time of the pull |")
         w("|---|---|---|---|---|")
         for r in syncs:
@@ -373,13 +381,13 @@ def main():
             "install-start": "`syscont install --start` hello:1, until it returns",
             "install-to-active": "from that return until systemd reports the unit active",
             "systemctl-start": "`systemctl start` of the installed unit, until active",
+            "systemctl-stop": "`systemctl stop` of it (hello's shell ends its `sleep 1` first)",
             "runc-run": "`runc run -d` of the same bundle, until it returns",
             "update": "`containers update --rebase` of the running container, "
                       "`--probation 0`, end to end",
             "list-1": "`containers list --all`, 1 container",
             "list-10": "`containers list --all`, 10 containers",
             "list-50": "`containers list --all`, 50 containers",
-            "version-warm": "`syscont --version`, warm",
         }
         w("| what | runs | median | min-max | note |")
         w("|---|---|---|---|---|")

@@ -675,7 +675,11 @@ fn write_opts(store: &Store, fetch: &FetchOpts) -> Result<WriteOpts> {
         } else {
             WriteMode::Trusted
         },
-        flusher: Some(Flusher::start(&store.repo_path)?),
+        // libostree's switch for measuring without its syncfs turns ours off too.
+        flusher: match std::env::var_os("OSTREE_SUPPRESS_SYNCFS") {
+            Some(_) => None,
+            None => Some(Flusher::start(&store.repo_path)?),
+        },
     })
 }
 

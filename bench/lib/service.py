@@ -8,12 +8,13 @@ then a note. Everything it creates lives in that systemd's private overlay.
 - install-start: `syscont install --start` of hello:1, until it returns;
 - install-to-active: from that return until systemd reports the unit active;
 - systemctl-start: `systemctl start` of the installed, stopped unit, until active;
+- systemctl-stop: `systemctl stop` of it (what an update waits for before it starts the
+  new deployment);
 - runc-run: `runc run -d` of the same bundle (the deployment), until it returns;
 - update: `containers update --rebase` between hello:1 and hello:2 of the running
   container, `--probation 0`, end to end (pull not included: both images are stored);
 - list-N: `containers list --all` with N = 1, 10, 50 installed containers, and the number
-  of D-Bus method calls one listing makes to systemd (from strace);
-- version-warm: `syscont --version`.
+  of D-Bus method calls one listing makes to systemd (from strace).
 """
 import os
 import re
@@ -92,14 +93,15 @@ def main():
 
     # systemctl start of the installed unit, until active
     sc("install", "--name", "svc", IMG1)
-    starts = []
+    starts, stops = [], []
     for _ in range(RUNS):
         t0 = time.perf_counter()
         run("systemctl", "start", "svc.service")
         t1 = until_active("svc.service")
         starts.append(t1 - t0)
-        run("systemctl", "stop", "svc.service")
+        stops.append(timed(lambda: run("systemctl", "stop", "svc.service")))
     row("systemctl-start", starts)
+    row("systemctl-stop", stops)
 
     # runc run -d of the same bundle (the unit is stopped meanwhile)
     bundle = os.path.realpath(os.path.join(deployments(), "svc"))
@@ -132,7 +134,6 @@ def main():
         row(f"list-{n}", [timed(lambda: sc("containers", "list", "--all")) for _ in range(RUNS)],
             f"{dbus_calls()} D-Bus calls to systemd per listing")
 
-    row("version-warm", [timed(lambda: sc("--version")) for _ in range(max(RUNS, 10))])
 
 
 def deployments():
