@@ -22,6 +22,7 @@ pub(crate) mod hostfs;
 pub(crate) mod imagebuild;
 pub(crate) mod images;
 pub(crate) mod inflate;
+pub(crate) mod layers;
 pub(crate) mod mount;
 pub(crate) mod objects;
 pub(crate) mod objpool;
