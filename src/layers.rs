@@ -21,7 +21,7 @@ use crate::objpool::Flusher;
 use crate::output::{self, human_size};
 use crate::proxy::{ImageProxy, OpenedImage};
 use crate::pull::{now, proxy_config, Source};
-use crate::store::{metadata_variant, Compression, Descriptor, Store, REF_PREFIX};
+use crate::store::{metadata_variant, Compression, Descriptor, Store, REF_PREFIX, WHITEOUTS_KEY};
 use crate::tarimport::{self, gerr, ImportStats, WriteOpts};
 use sha2::{Digest, Sha256};
 
@@ -167,6 +167,7 @@ fn import_layer(
         ("docker.uncompressed_size", usize.to_string()),
         ("docker.uncompressed_digest", udigest),
         ("syscont.media-type", desc.media_type.clone()),
+        (WHITEOUTS_KEY, tree.stats.whiteouts.to_string()),
     ];
     if !tree.devices.is_empty() {
         meta.push(("syscont.devices", serde_json::to_string(&tree.devices)?));

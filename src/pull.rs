@@ -545,8 +545,10 @@ fn alias_layer(store: &Store, other: &str, desc: &Descriptor, diff_id: &str) -> 
         ("docker.uncompressed_digest", diff_id.to_string()),
         ("syscont.media-type", desc.media_type.clone()),
     ];
-    if let Some(d) = meta.get("syscont.devices") {
-        pairs.push(("syscont.devices", d.clone()));
+    for key in ["syscont.devices", store::WHITEOUTS_KEY] {
+        if let Some(v) = meta.get(key) {
+            pairs.push((key, v.clone()));
+        }
     }
     let commit = repo
         .write_commit_with_time(

@@ -32,6 +32,10 @@ pub(crate) struct StoreConfig {
     pub checkout_path: PathBuf,
 }
 
+/// Layer commit metadata: how many whiteout entries (`.wh.*`) the layer holds, recorded at
+/// import; "0" lets a merge start from the layer's tree as it is.
+pub(crate) const WHITEOUTS_KEY: &str = "syscont.whiteouts";
+
 /// The prefix of every ref syscont reads or writes.
 pub(crate) const REF_PREFIX: &str = "ociimage/";
 
@@ -635,22 +639,49 @@ fn apply_tree(repo: &ostree::Repo, target: &ostree::MutableTree, tree: &str) -> 
 
 /// The union of layer commits, in order, as a tree in the repository (the repo must be
 /// in a transaction). Returns the root's (contents, metadata) checksums.
+///
+/// A first layer that syscont recorded without whiteouts is already its own union: the
+/// merge starts from its tree as it is, loaded lazily, so the layers above it only load the
+/// directories they change (the result is the same tree, object for object).
 pub(crate) fn merge_layers(repo: &ostree::Repo, layers: &[String]) -> Result<(String, String)> {
-    let root = ostree::MutableTree::new();
-    let default_meta = repo
-        .write_metadata(
-            ostree::ObjectType::DirMeta,
-            None,
-            &tarimport::dirmeta_variant(&Meta::default_dir()),
-            gio::Cancellable::NONE,
-        )
-        .map_err(gerr)?
-        .to_hex();
-    root.set_metadata_checksum(&default_meta);
-    for commit in layers {
+    let root_of = |commit: &str| -> Result<(glib::Variant, String, String)> {
         let (v, _) = repo.load_commit(commit).map_err(gerr)?;
         let tree = checksum_hex(&v.child_value(6).data_as_bytes());
         let meta = checksum_hex(&v.child_value(7).data_as_bytes());
+        Ok((v, tree, meta))
+    };
+    let mut rest = layers;
+    let mut root = None;
+    if let Some((first, others)) = layers.split_first() {
+        let (v, tree, meta) = root_of(first)?;
+        if string_meta(&v.child_value(0))
+            .get(WHITEOUTS_KEY)
+            .map(String::as_str)
+            == Some("0")
+        {
+            root = Some(ostree::MutableTree::from_checksum(repo, &tree, &meta));
+            rest = others;
+        }
+    }
+    let root = match root {
+        Some(r) => r,
+        None => {
+            let root = ostree::MutableTree::new();
+            let default_meta = repo
+                .write_metadata(
+                    ostree::ObjectType::DirMeta,
+                    None,
+                    &tarimport::dirmeta_variant(&Meta::default_dir()),
+                    gio::Cancellable::NONE,
+                )
+                .map_err(gerr)?
+                .to_hex();
+            root.set_metadata_checksum(&default_meta);
+            root
+        }
+    };
+    for commit in rest {
+        let (_, tree, meta) = root_of(commit)?;
         root.set_metadata_checksum(&meta);
         apply_tree(repo, &root, &tree)?;
     }
@@ -834,6 +865,58 @@ mod tests {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
         assert_eq!(got, want);
+        repo.commit_transaction(gio::Cancellable::NONE).unwrap();
+    }
+
+    /// Starting a merge from a first layer without whiteouts gives the same tree as
+    /// applying it entry by entry.
+    #[test]
+    fn a_merge_from_a_lazy_first_layer_is_the_same_tree() {
+        use tar::EntryType as E;
+        let d = tempfile::tempdir().unwrap();
+        let repo = ostree::Repo::new_for_path(d.path().join("repo"));
+        repo.create(ostree::RepoMode::BareUserOnly, gio::Cancellable::NONE)
+            .unwrap();
+        repo.prepare_transaction(gio::Cancellable::NONE).unwrap();
+        let base = import_tar(
+            &repo,
+            &tar_of(&[
+                ("etc/", E::Directory, ""),
+                ("etc/a", E::Regular, "1"),
+                ("etc/b", E::Regular, "1"),
+                ("usr/lib/x", E::Regular, "1"),
+                ("l", E::Symlink, "etc"),
+            ])[..],
+            true,
+        )
+        .unwrap();
+        assert_eq!(base.stats.whiteouts, 0);
+        let commit = |meta: Option<&glib::Variant>, root: &ostree::RepoFile| {
+            repo.write_commit_with_time(None, None, None, meta, root, 0, gio::Cancellable::NONE)
+                .unwrap()
+                .to_string()
+        };
+        let plain = commit(None, &base.root);
+        let marked = commit(
+            Some(&metadata_variant(&[(WHITEOUTS_KEY, "0".into())])),
+            &base.root,
+        );
+        let top = commit_layer(
+            &repo,
+            &tar_of(&[
+                ("etc/.wh.b", E::Regular, ""),
+                ("etc/c", E::Regular, "2"),
+                ("usr/lib/y", E::Regular, "2"),
+            ]),
+        );
+        for upper in [vec![], vec![top.clone()]] {
+            let with = |first: &str| {
+                let mut v = vec![first.to_string()];
+                v.extend(upper.iter().cloned());
+                merge_layers(&repo, &v).unwrap()
+            };
+            assert_eq!(with(&marked), with(&plain), "upper layers: {}", upper.len());
+        }
         repo.commit_transaction(gio::Cancellable::NONE).unwrap();
     }
 

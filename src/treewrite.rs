@@ -38,6 +38,8 @@ pub(crate) struct ImportStats {
     pub entries: u64,
     pub objects_written: u64,
     pub objects_reused: u64,
+    /// Non-directories named `.wh.*` (whiteouts and opaque markers) placed in the tree.
+    pub whiteouts: u64,
 }
 
 /// The result of writing one layer's tree.
@@ -163,6 +165,9 @@ impl<'r> TreeWriter<'r> {
             dir.remove(name, false).map_err(gerr)?;
         }
         dir.replace_file(name, csum).map_err(gerr)?;
+        if name.starts_with(".wh.") {
+            self.stats.whiteouts += 1;
+        }
         self.leaves.insert(path.to_vec());
         Ok(())
     }
