@@ -356,12 +356,12 @@ def main():
     syncs = read_tsv(os.path.join(res, "syncs.tsv"))
     if syncs:
         w("## Waiting for the disk\n")
-        w("One cold etcd:3.4 pull under `strace -f -T -e trace=syncfs,fsync,fdatasync` "
+        w("One cold etcd:3.4 pull under `strace -f --seccomp-bpf -T -e trace=syncfs,fsync,fdatasync` "
           "(`SYNC_TRACE=1`): how many such calls it made and how long they took in all (calls "
           "on different threads overlap), then the same pull with libostree's commit `syncfs` "
           "suppressed (`OSTREE_SUPPRESS_SYNCFS=1`, which also turns off syscont's background "
           "`syncfs`; for this measurement only: syscont never turns syncing off, and the "
-          "directory fsyncs stay). Both wall times include strace's overhead.\n")
+          "directory fsyncs stay). Both wall times include strace's overhead, which the seccomp filter keeps small.\n")
         w("| variant | call | count | time in the calls | wall time of the pull |")
         w("|---|---|---|---|---|")
         for r in syncs:

@@ -193,7 +193,7 @@ if [ "${SYNC_TRACE:-0}" = 1 ] && [[ " $TOOLS " == *" syscont "* ]]; then
         out=$RESULTS/raw/syncs-$variant.txt
         start=$(date +%s.%N)
         env $([ $variant = nosyncfs ] && echo OSTREE_SUPPRESS_SYNCFS=1) \
-            strace -f -T -e trace=syncfs,fsync,fdatasync -o "$out" \
+            strace -f --seccomp-bpf -T -e trace=syncfs,fsync,fdatasync -o "$out" \
             "$SYSCONT" -q --repo "$WORK/syscont/repo" --checkout-path "$WORK/syscont/checkouts" \
             pull --tls-verify=false "docker://$REGISTRY/etcd:3.4" >/dev/null
         wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')

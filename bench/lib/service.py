@@ -131,8 +131,9 @@ def main():
             installed += 1
             sc("install", "--start", "--name", f"list{installed}", IMG1)
         sc("containers", "list", "--all")  # warm
+        calls = dbus_calls()
         row(f"list-{n}", [timed(lambda: sc("containers", "list", "--all")) for _ in range(RUNS)],
-            f"{dbus_calls()} D-Bus calls to systemd per listing")
+            f"{calls} D-Bus call{'' if calls == 1 else 's'} to systemd per listing")
 
 
 
