@@ -294,8 +294,8 @@ def main():
       "it, next to the same check syscont makes; the object writers about 29%, a third of it "
       "copying file data into the page cache; inflate about 22%; the layers' threads about "
       "18%. Where a target is missed, the next steps are outside syscont's own code: a skopeo "
-      "with the image proxy's `GetRawBlob` (protocol 0.2.6, skopeo 1.13) would hand over the "
-      "blob without hashing it a second time, and a libostree that writes an object with "
+      "whose image proxy has `GetRawBlob` (protocol 0.2.8; Debian 12's skopeo speaks 0.2.3) "
+      "would hand over the blob without hashing it a second time, and a libostree that writes an object with "
       "fewer system calls (no `fallocate`, one write, no staging rename) would cut most of "
       "the kernel time per object.\n")
 
