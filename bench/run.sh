@@ -11,7 +11,8 @@
 #   SETTLE=40     seconds to wait before timing, after deleting old state
 #   TOOLS="syscont recipe podman"
 #   ONLY=""       scenario names to run (default: all): cold-hello update-hello cold-debian-base
-#                 rebuilt cold-etcd warm-etcd noop-etcd cold-big floor disk rss
+#                 rebuilt cold-etcd warm-etcd noop-etcd cold-big floor disk rss service startup
+#   SYNC_TRACE=1  also strace one cold etcd pull for its sync calls (syncs.tsv)
 #   REPORT=docs/performance.md   where the report goes ("" for none)
 set -euo pipefail
 # shellcheck source=bench/lib/common.sh
@@ -146,13 +147,15 @@ if want disk; then
 fi
 
 # --- peak RSS (GNU time -v; a process's figure covers the children it waited for) -------
-rss() { # IMAGE
-    local image=$1 tool i out
-    for tool in $TOOLS; do
+rss() { # SCENARIO TOOLS IMAGE [PREP_IMAGE...]
+    local scenario=$1 tools=$2 image=$3 tool i out
+    shift 3
+    for tool in $tools; do
+        [[ " $TOOLS " == *" $tool "* ]] || continue
         for i in $(seq "$RSS_RUNS"); do
-            log "rss: $tool $image ($i/$RSS_RUNS)"
-            "$BENCH_DIR/lib/prepare.sh" "$tool" >/dev/null
-            out=$RESULTS/raw/rss-$tool-${image//:/-}-$i.txt
+            log "rss: $tool $scenario ($i/$RSS_RUNS)"
+            "$BENCH_DIR/lib/prepare.sh" "$tool" "$@" >/dev/null
+            out=$RESULTS/raw/rss-$scenario-$tool-$i.txt
             if [ "$tool" = syscont ]; then
                 # the binary itself, so the figure is syscont's (or its skopeo proxy's)
                 /usr/bin/time -v -o "$out" "$SYSCONT" -q --repo "$WORK/syscont/repo" \
@@ -161,17 +164,75 @@ rss() { # IMAGE
             else
                 /usr/bin/time -v -o "$out" "$BENCH_DIR/lib/pull.sh" "$tool" "$WORK/$tool" "$image"
             fi
-            printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$image" "$i" \
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$image" "$i" \
                 "$(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$out")" \
                 "$(sed -n 's/^\tElapsed (wall clock) time (h:mm:ss or m:ss): //p' "$out")" \
-                >> "$RESULTS/rss.tsv"
+                "$scenario" >> "$RESULTS/rss.tsv"
         done
     done
 }
 if want rss; then
-    printf 'tool\timage\trun\tmaxrss_kib\telapsed\n' > "$RESULTS/rss.tsv"
-    rss etcd:3.4
-    [ "$BIG" = 0 ] || rss big:1
+    printf 'tool\timage\trun\tmaxrss_kib\telapsed\tscenario\n' > "$RESULTS/rss.tsv"
+    # every pull scenario for syscont; the cold etcd and big pulls for the others too
+    rss cold-hello syscont hello:1
+    rss update-hello syscont hello:2 hello:1
+    rss cold-debian-base syscont debian-base:1
+    rss rebuilt syscont debian-base-rebuilt:1 debian-base:1
+    rss cold-etcd "$TOOLS" etcd:3.4
+    rss warm-etcd syscont etcd:3.4 debian-base:1
+    rss noop-etcd syscont etcd:3.4 etcd:3.4
+    [ "$BIG" = 0 ] || rss cold-big "$TOOLS" big:1
+fi
+
+# --- where a cold pull waits for the disk: its sync calls, and the same pull without them
+if [ "${SYNC_TRACE:-0}" = 1 ] && [[ " $TOOLS " == *" syscont "* ]]; then
+    need_packages strace
+    printf 'variant\tcall\tcount\tseconds\twall\n' > "$RESULTS/syncs.tsv"
+    for variant in normal nosyncfs; do
+        "$BENCH_DIR/lib/prepare.sh" syscont >/dev/null
+        out=$RESULTS/raw/syncs-$variant.txt
+        start=$(date +%s.%N)
+        env $([ $variant = nosyncfs ] && echo OSTREE_SUPPRESS_SYNCFS=1) \
+            strace -f --seccomp-bpf -T -e trace=syncfs,fsync,fdatasync -o "$out" \
+            "$SYSCONT" -q --repo "$WORK/syscont/repo" --checkout-path "$WORK/syscont/checkouts" \
+            pull --tls-verify=false "docker://$REGISTRY/etcd:3.4" >/dev/null
+        wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')
+        for call in syncfs fsync fdatasync; do
+            grep -E "(^|[0-9] )$call\(" "$out" | sed -n 's/.*<\([0-9.]*\)>$/\1/p' \
+                | awk -v v=$variant -v c=$call -v w="$wall" \
+                    '{n++; s+=$1} END {printf "%s\t%s\t%d\t%.4f\t%s\n", v, c, n, s, w}' \
+                >> "$RESULTS/syncs.tsv"
+        done
+    done
+fi
+
+# --- syscont's start-up: `syscont --version`, warm and with the page cache dropped --------
+if want startup && [[ " $TOOLS " == *" syscont "* ]]; then
+    log "startup: syscont --version"
+    hyperfine -N --style none --runs 20 --warmup 3 --export-json "$RESULTS/raw/startup-warm.json" \
+        "$SYSCONT --version" >/dev/null
+    hyperfine -N --style none --runs 5 --prepare "sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches'" \
+        --export-json "$RESULTS/raw/startup-cold.json" "$SYSCONT --version" >/dev/null
+    printf 'kind\truns\tmedian\tmin\tmax\n' > "$RESULTS/startup.tsv"
+    for kind in warm cold; do
+        jq -r --arg k $kind '.results[0] | [$k, (.times | length), .median, .min, .max] | @tsv' \
+            "$RESULTS/raw/startup-$kind.json" >> "$RESULTS/startup.tsv"
+    done
+fi
+
+# --- the service side on a real systemd (booted in a private namespace where systemd is
+# not PID 1, as the tests and the demo do) ---------------------------------------------------
+if want service && [[ " $TOOLS " == *" syscont "* ]]; then
+    need_packages runc strace python3
+    # shellcheck source=demo/testbed.sh
+    . "$PROJECT_DIR/demo/testbed.sh"
+    log "service: booting a systemd"
+    tb_boot >&2
+    trap tb_stop EXIT
+    printf 'metric\truns\tmedian\tmin\tmax\tnote\n' > "$RESULTS/service.tsv"
+    tb python3 "$BENCH_DIR/lib/service.py" "$SYSCONT" "$REGISTRY" "$RUNS" >> "$RESULTS/service.tsv"
+    tb_stop
+    trap - EXIT
 fi
 
 printf 'load_after\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RESULTS/machine.tsv"

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
     # build
     pkg-config libostree-dev libglib2.0-dev
+    # build: ISA-L, which the isal-rs crate compiles for the fast gzip inflate
+    nasm autoconf automake libtool make
     # run
     ostree skopeo runc crun systemd dbus
     # tests and demo

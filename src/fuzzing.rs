@@ -43,7 +43,7 @@ pub fn ostree_ref(name: &str) {
 
 /// Tar path checks: an accepted path has no empty, `.` or `..` component.
 pub fn tar_path(raw: &[u8]) {
-    if let Ok(parts) = crate::store::tarimport::normalize_path(raw) {
+    if let Ok(parts) = crate::store::tarparse::normalize_path(raw) {
         for p in &parts {
             assert!(
                 !p.is_empty() && p != "." && p != ".." && !p.contains('/'),

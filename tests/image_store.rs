@@ -102,6 +102,8 @@ fn round_trip_build_push_pull_checkout() {
         "{:?}",
         sc.refs()
     );
+    // xattrs, setuid, owners, hardlinks, symlinks: every object is named by its content.
+    sc.fsck();
 
     // Pulling again does nothing but say so.
     let again = sc.ok_text(&["pull", "--tls-verify=false", &image]);
@@ -283,6 +285,7 @@ fn layers_whiteouts_opaque_dirs_and_compressions() {
             "a directory replaces the symlink"
         );
         assert!(!Path::new("/etc/evil").exists());
+        sc.fsck();
     }
     // Same uncompressed layers under three compressions: found by uncompressed digest.
     let log = sc.ok_text(&[
@@ -314,6 +317,92 @@ fn layers_whiteouts_opaque_dirs_and_compressions() {
     assert!(out.contains("Pulled"), "{out}");
 }
 
+/// Files, large files (spooled), empty files, hardlinks (also to large files), setuid
+/// bits, owners, symlinks, whiteouts, devices, multi-member gzip: the objects syscont names
+/// itself pass `ostree fsck`, and are exactly those libostree's hashing path writes
+/// (`--verify-objects`).
+#[test]
+fn trusted_objects_match_libostree_for_every_layer_shape() {
+    require_root();
+    let reg = Registry::start();
+    let large: Vec<u8> = (0..9_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let exactly_inline: Vec<u8> = vec![7u8; 8 * 1024 * 1024];
+    let base = tar_of(&[
+        Entry::Dir("etc/".into()),
+        Entry::file("etc/keep", "1"),
+        Entry::file("etc/gone", "1"),
+        Entry::file("etc/empty", ""),
+        Entry::File("usr/bin/suid".into(), b"#!/bin/sh\n".to_vec(), 0o4755),
+        Entry::File("usr/bin/sgid".into(), b"#!/bin/sh\n".to_vec(), 0o2711),
+        Entry::File("big/large".into(), large.clone(), 0o640),
+        Entry::File("big/inline".into(), exactly_inline, 0o644),
+        Entry::Hardlink("big/large-link".into(), "big/large".into()),
+        Entry::Hardlink("etc/keep-link".into(), "etc/keep".into()),
+        Entry::Symlink("bin".into(), "usr/bin".into()),
+        Entry::Symlink("etc/abs".into(), "/etc/keep".into()),
+        Entry::CharDev("dev/null".into(), 1, 3),
+    ]);
+    let mut changed = large;
+    changed[4_000_000] ^= 1;
+    let top = tar_of(&[
+        Entry::file("etc/.wh.gone", ""),
+        Entry::Dir("opt/".into()),
+        Entry::file("opt/.wh..wh..opq", ""),
+        Entry::File("big/large".into(), changed, 0o640),
+        Entry::File("etc/empty2".into(), Vec::new(), 0o600),
+    ]);
+    let trusted = Syscont::new();
+    let verified = Syscont::new();
+    let mut commits = Vec::new();
+    for (i, comp) in [Compression::GzipMembers, Compression::Zstd]
+        .into_iter()
+        .enumerate()
+    {
+        let layout = trusted.dir.path().join(format!("shapes{i}"));
+        write_layout(&layout, "1", &[base.clone(), top.clone()], comp, &[]);
+        push(&layout, "1", &format!("{}/shapes{i}:1", reg.addr()), &[]);
+        let image = format!("docker://{}/shapes{i}:1", reg.addr());
+        trusted.ok(&["pull", "--tls-verify=false", &image]);
+        verified.ok(&["pull", "--tls-verify=false", "--verify-objects", &image]);
+        for sc in [&trusted, &verified] {
+            sc.fsck();
+            let co = sc.checkouts().join(format!("shapes{i}"));
+            sc.ok(&["images", "checkout", &image, co.to_str().unwrap()]);
+            assert_eq!(std::fs::read(co.join("etc/empty")).unwrap(), b"");
+            assert_eq!(
+                std::fs::metadata(co.join("big/large")).unwrap().len(),
+                9_000_000
+            );
+            assert!(!co.join("etc/gone").exists());
+        }
+        // The same tree, object for object, whichever way the objects were written.
+        let tree = |sc: &Syscont, path: &str| {
+            let r = format!("ociimage/{}", reference_of(&image));
+            sc.ostree(&["ls", "-R", "-C", &r, path])
+        };
+        assert_eq!(tree(&trusted, "/"), tree(&verified, "/"));
+        commits.push(tree(&trusted, "/rootfs"));
+    }
+    // gzip in three members and zstd hold the same files.
+    assert_eq!(commits[0], commits[1]);
+}
+
+/// The ostree ref of a pulled `docker://HOST/NAME:TAG`, as Atomic encodes it.
+fn reference_of(image: &str) -> String {
+    let name = image.trim_start_matches("docker://");
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02X}"));
+        }
+    }
+    out
+}
+
 #[test]
 fn recompressed_layers_are_not_fetched_again() {
     require_root();
@@ -338,6 +427,7 @@ fn recompressed_layers_are_not_fetched_again() {
     ]);
     assert!(out.contains("another compression"), "{out}");
     assert!(out.contains("0 needed"), "{out}");
+    sc.fsck();
 }
 
 #[test]

@@ -464,6 +464,10 @@ struct FetchOpts {
         env = "SYSCONT_PULL_TIMEOUT"
     )]
     timeout: u64,
+    /// Have libostree hash every object again as it is written and fail on any difference
+    /// from syscont's checksum (slower; for diagnosis and tests).
+    #[arg(long, env = "SYSCONT_VERIFY_OBJECTS")]
+    verify_objects: bool,
 }
 
 fn parse_arch(s: &str) -> std::result::Result<String, String> {
@@ -478,6 +482,7 @@ impl From<FetchOpts> for FetchOptions {
             registry: f.registry.into(),
             arch: f.arch,
             timeout: std::time::Duration::from_secs(f.timeout.max(1)),
+            verify_objects: f.verify_objects,
         }
     }
 }

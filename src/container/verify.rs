@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::container::deploy;
 use crate::container::Host;
-use crate::store::tarimport::{gerr, DeviceNode};
+use crate::store::tarparse::DeviceNode;
 use crate::util::output;
 use crate::util::rootfs::{Dir, Kind, RootFs};
 
@@ -56,14 +56,12 @@ fn walk(
         .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
         .collect();
     let mut seen = BTreeSet::new();
-    let children = dir
-        .enumerate_children(
-            ATTRS,
-            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
-            gio::Cancellable::NONE,
-        )
-        .map_err(gerr)?;
-    while let Some(info) = children.next_file(gio::Cancellable::NONE).map_err(gerr)? {
+    let children = dir.enumerate_children(
+        ATTRS,
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        gio::Cancellable::NONE,
+    )?;
+    while let Some(info) = children.next_file(gio::Cancellable::NONE)? {
         let name = info.name();
         let name_s = name.to_string_lossy().into_owned();
         seen.insert(name_s.clone());
@@ -90,7 +88,7 @@ fn walk(
                 let rf = child
                     .downcast_ref::<ostree::RepoFile>()
                     .ok_or_else(|| anyhow!("{path}: not a file of the repository"))?;
-                rf.ensure_resolved().map_err(gerr)?;
+                rf.ensure_resolved()?;
                 let want = rf.checksum();
                 if *kind == Kind::Dir {
                     out.push(Finding::Drifted(path, "now a directory"));
@@ -104,7 +102,6 @@ fn walk(
                     ostree::ChecksumFlags::NONE,
                     gio::Cancellable::NONE,
                 )
-                .map_err(gerr)
                 .with_context(|| format!("Reading {path}"))?;
                 if have.as_str() != want.as_str() {
                     out.push(Finding::Drifted(path, "content, mode, owner or xattrs"));
@@ -178,7 +175,6 @@ pub(crate) fn verify(host: &Host, name: &str) -> Result<Report> {
         let (root, _) = store
             .repo
             .read_commit(&info.ostree_commit, gio::Cancellable::NONE)
-            .map_err(gerr)
             .with_context(|| {
                 format!(
                     "The image commit {} of {name} is no longer in the repository (pruned?); \
@@ -215,10 +211,7 @@ pub(crate) fn verify(host: &Host, name: &str) -> Result<Report> {
                 })?;
             let _lock = store.lock()?;
             let (commit, sub) = crate::store::checkout::rootfs_source(store, &img)?;
-            let (union, _) = store
-                .repo
-                .read_commit(&commit, gio::Cancellable::NONE)
-                .map_err(gerr)?;
+            let (union, _) = store.repo.read_commit(&commit, gio::Cancellable::NONE)?;
             union.resolve_relative_path(sub.trim_start_matches('/'))
         };
         walk(&tree, &top, "", &skip, &mut findings, &mut checked)?;

@@ -79,6 +79,8 @@ pub(crate) struct FetchOptions {
     pub arch: Option<String>,
     /// How long a registry may send nothing before the pull gives up.
     pub timeout: std::time::Duration,
+    /// Have libostree hash every object again and compare (`--verify-objects`).
+    pub verify_objects: bool,
 }
 
 impl FetchOptions {
@@ -91,6 +93,8 @@ impl FetchOptions {
             },
             arch: None,
             timeout: std::time::Duration::from_secs(60),
+            verify_objects: std::env::var("SYSCONT_VERIFY_OBJECTS")
+                .is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "no" | "off")),
         }
     }
 }

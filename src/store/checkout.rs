@@ -11,8 +11,8 @@ use ostree::prelude::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::store::pull::{in_transaction, write_image_commit};
-use crate::store::tarimport::{gerr, DeviceNode};
+use crate::store::commit::{in_transaction, write_image_commit};
+use crate::store::tarparse::DeviceNode;
 use crate::store::{ImageRecord, Store};
 
 /// Fails unless `dir` is on the repository's filesystem (hardlinks need that).
@@ -40,8 +40,7 @@ pub(crate) fn check_same_filesystem(store: &Store, dir: &Path) -> Result<()> {
 pub(crate) fn has_merged_rootfs(store: &Store, img: &ImageRecord) -> Result<bool> {
     let (root, _) = store
         .repo
-        .read_commit(&img.commit, gio::Cancellable::NONE)
-        .map_err(gerr)?;
+        .read_commit(&img.commit, gio::Cancellable::NONE)?;
     Ok(root.child("rootfs").query_file_type(
         gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
         gio::Cancellable::NONE,
@@ -91,14 +90,12 @@ pub(crate) fn non_root_owned(
         n: &mut usize,
         limit: usize,
     ) -> Result<()> {
-        let children = dir
-            .enumerate_children(
-                "standard::name,standard::type,unix::uid,unix::gid",
-                gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
-                gio::Cancellable::NONE,
-            )
-            .map_err(gerr)?;
-        while let Some(info) = children.next_file(gio::Cancellable::NONE).map_err(gerr)? {
+        let children = dir.enumerate_children(
+            "standard::name,standard::type,unix::uid,unix::gid",
+            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+            gio::Cancellable::NONE,
+        )?;
+        while let Some(info) = children.next_file(gio::Cancellable::NONE)? {
             let name = info.name();
             let path = format!("{rel}/{}", name.display());
             if info.attribute_uint32("unix::uid") != 0 || info.attribute_uint32("unix::gid") != 0 {
@@ -114,10 +111,7 @@ pub(crate) fn non_root_owned(
         Ok(())
     }
     let (commit, sub) = rootfs_source(store, img)?;
-    let (root, _) = store
-        .repo
-        .read_commit(&commit, gio::Cancellable::NONE)
-        .map_err(gerr)?;
+    let (root, _) = store.repo.read_commit(&commit, gio::Cancellable::NONE)?;
     let (mut out, mut n) = (Vec::new(), 0);
     walk(
         &root.resolve_relative_path(sub.trim_start_matches('/')),
@@ -246,7 +240,6 @@ fn checkout_image_as(store: &Store, img: &ImageRecord, dest: &Path, copy: bool) 
                 &commit,
                 gio::Cancellable::NONE,
             )
-            .map_err(gerr)
             .with_context(|| format!("Checking out {} into {}", img.name, tmp.display()))?;
         if let Some(devs) = img.meta.get("syscont.devices") {
             let devs: Vec<DeviceNode> = serde_json::from_str(devs)?;

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use crate::image::reference::{self, ImageReference};
-use crate::store::pull::in_transaction;
-use crate::store::tarimport::gerr;
+use crate::store::commit::in_transaction;
 use crate::store::{ImageRecord, Store, REF_PREFIX};
 use crate::util::output::outln;
 use crate::util::output::{self, human_size};
@@ -300,7 +299,6 @@ pub(crate) fn prune(store: Option<&Store>) -> Result<()> {
             -1,
             gio::Cancellable::NONE,
         )
-        .map_err(gerr)
         .context("Pruning the repository")?;
     output::status(format!(
         "Removed {dropped} unused blobs and {pruned} of {total} objects, freeing {}.",
@@ -489,7 +487,6 @@ pub(crate) fn verify(
         store
             .repo
             .delete_object(object_type(b.kind), &b.checksum, gio::Cancellable::NONE)
-            .map_err(gerr)
             .with_context(|| format!("Removing the corrupt object {}.{}", b.checksum, b.kind))?;
     }
     if !damage.layers.is_empty() {
@@ -504,7 +501,7 @@ pub(crate) fn verify(
     }
     let img = store.resolve_one(&img.name)?;
     if !verify_commit(&store.repo, &img.commit).is_empty() {
-        crate::store::pull::rewrite_image_commit(store, &img)?;
+        crate::store::commit::rewrite_image_commit(store, &img)?;
     }
     let img = store.resolve_one(&img.name)?;
     let after = inspect_damage(store, &img)?;

@@ -10,9 +10,19 @@
 //!   `docker.manifest`, `docker.digest`, `signatures`.
 
 pub(crate) mod checkout;
+pub(crate) mod commit;
 pub(crate) mod images;
+pub(crate) mod inflate;
+pub(crate) mod layers;
+pub(crate) mod merge;
+pub(crate) mod objects;
+pub(crate) mod objpool;
 pub(crate) mod pull;
+pub(crate) mod refused;
+pub(crate) mod source;
 pub(crate) mod tarimport;
+pub(crate) mod tarparse;
+pub(crate) mod treewrite;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
@@ -25,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::UserError;
 use crate::image::reference::{self, ImageReference};
-use crate::store::tarimport::{gerr, DeviceNode, Meta};
+use crate::store::refused::Refused;
 use crate::util::fsutil::Lock;
 
 /// Where the store lives.
@@ -38,6 +48,10 @@ pub(crate) struct StoreConfig {
     /// Whose store: the host's, or the calling user's own (`bare-user`).
     pub scope: crate::util::scope::Scope,
 }
+
+/// Layer commit metadata: how many whiteout entries (`.wh.*`) the layer holds, recorded at
+/// import; "0" lets a merge start from the layer's tree as it is.
+pub(crate) const WHITEOUTS_KEY: &str = "syscont.whiteouts";
 
 /// The prefix of every ref syscont reads or writes.
 pub(crate) const REF_PREFIX: &str = "ociimage/";
@@ -103,7 +117,7 @@ impl Descriptor {
         let hex = self
             .digest
             .strip_prefix("sha256:")
-            .ok_or_else(|| anyhow!("unsupported digest algorithm in {:?}", self.digest))?;
+            .ok_or_else(|| Refused(format!("unsupported digest algorithm in {:?}", self.digest)))?;
         if !reference::is_blob_ref(hex) || hex.bytes().any(|b| b.is_ascii_uppercase()) {
             bail!("invalid digest {:?}", self.digest);
         }
@@ -133,7 +147,11 @@ impl Manifest {
         let m: Manifest =
             serde_json::from_value(v).context("The manifest is not an image manifest")?;
         if m.schema_version != 2 {
-            bail!("unsupported manifest schema version {}", m.schema_version);
+            return Err(Refused(format!(
+                "unsupported manifest schema version {}",
+                m.schema_version
+            ))
+            .into());
         }
         m.config.hex()?;
         for l in &m.layers {
@@ -163,12 +181,12 @@ impl Compression {
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
             "application/vnd.oci.image.layer.v1.tar+zstd" => Compression::Zstd,
-            other => bail!("unsupported layer media type {other:?}"),
+            other => return Err(Refused(format!("unsupported layer media type {other:?}")).into()),
         })
     }
 }
 
-fn string_meta(v: &glib::Variant) -> BTreeMap<String, String> {
+pub(crate) fn string_meta(v: &glib::Variant) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let dict = glib::VariantDict::new(Some(v));
     let v = dict.end();
@@ -183,15 +201,6 @@ fn string_meta(v: &glib::Variant) -> BTreeMap<String, String> {
         }
     }
     out
-}
-
-/// Builds an `a{sv}` commit metadata variant from string pairs.
-pub(crate) fn metadata_variant(pairs: &[(&str, String)]) -> glib::Variant {
-    let dict = glib::VariantDict::new(None);
-    for (k, v) in pairs {
-        dict.insert_value(k, &v.to_variant());
-    }
-    dict.end()
 }
 
 /// Whether `dir` exists and has entries.
@@ -222,15 +231,6 @@ fn same_filesystem(a: &Path, b: &Path) -> bool {
 /// Whether we run as root (system mode).
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-/// Opens another handle on an existing repository (one per worker thread).
-pub(crate) fn open_repo(path: &Path) -> Result<ostree::Repo> {
-    let repo = ostree::Repo::new_for_path(path);
-    repo.open(gio::Cancellable::NONE)
-        .map_err(gerr)
-        .with_context(|| format!("Opening the OSTree repository {}", path.display()))?;
-    Ok(repo)
 }
 
 impl StoreConfig {
@@ -271,7 +271,6 @@ impl Store {
         }
         let repo = ostree::Repo::new_for_path(&repo_path);
         repo.open(gio::Cancellable::NONE)
-            .map_err(gerr)
             .with_context(|| format!("Opening the OSTree repository {}", repo_path.display()))?;
         tracing::debug!("the image store is {}", repo_path.display());
         Ok(Some(Self::from_repo(cfg, repo, repo_path)))
@@ -294,7 +293,6 @@ impl Store {
             ostree::RepoMode::BareUser
         };
         repo.create(mode, gio::Cancellable::NONE)
-            .map_err(gerr)
             .with_context(|| format!("Creating the OSTree repository {}", repo_path.display()))?;
         Ok(Self::from_repo(cfg, repo, repo_path))
     }
@@ -322,7 +320,6 @@ impl Store {
         let refs = self
             .repo
             .list_refs(Some("ociimage"), gio::Cancellable::NONE)
-            .map_err(gerr)
             .context("Listing refs")?;
         Ok(refs
             .into_iter()
@@ -335,7 +332,6 @@ impl Store {
         let (v, _) = self
             .repo
             .load_commit(commit)
-            .map_err(gerr)
             .with_context(|| format!("Loading commit {commit}"))?;
         let meta = string_meta(&v.child_value(0));
         let ts = u64::from_be(v.child_value(5).get::<u64>().unwrap_or(0));
@@ -346,8 +342,7 @@ impl Store {
     pub(crate) fn blob_commit(&self, hex: &str) -> Result<Option<String>> {
         Ok(self
             .repo
-            .resolve_rev(&format!("{REF_PREFIX}{hex}"), true)
-            .map_err(gerr)?
+            .resolve_rev(&format!("{REF_PREFIX}{hex}"), true)?
             .map(|s| s.to_string()))
     }
 
@@ -398,7 +393,7 @@ impl Store {
     /// The image called `name` exactly (a store name), if present.
     pub(crate) fn image_by_name(&self, name: &str) -> Result<Option<ImageRecord>> {
         let r = reference::encode_ostree_ref(name);
-        match self.repo.resolve_rev(&r, true).map_err(gerr)? {
+        match self.repo.resolve_rev(&r, true)? {
             Some(c) => Ok(Some(self.record(name.to_string(), c.to_string())?)),
             None => Ok(None),
         }
@@ -489,10 +484,7 @@ impl Store {
 
     /// Reads a regular file from a commit, if it exists.
     pub(crate) fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>> {
-        let (root, _) = self
-            .repo
-            .read_commit(commit, gio::Cancellable::NONE)
-            .map_err(gerr)?;
+        let (root, _) = self.repo.read_commit(commit, gio::Cancellable::NONE)?;
         read_repo_file(&self.repo, &root.resolve_relative_path(path))
             .with_context(|| format!("Reading {path} from commit {commit}"))
     }
@@ -621,9 +613,7 @@ pub(crate) fn read_repo_file(repo: &ostree::Repo, f: &gio::File) -> Result<Optio
     if ftype != gio::FileType::Regular {
         return Ok(None);
     }
-    let (input, _, _) = repo
-        .load_file(&rf.checksum(), gio::Cancellable::NONE)
-        .map_err(gerr)?;
+    let (input, _, _) = repo.load_file(&rf.checksum(), gio::Cancellable::NONE)?;
     let mut out = Vec::new();
     if let Some(input) = input {
         use std::io::Read;
@@ -632,268 +622,9 @@ pub(crate) fn read_repo_file(repo: &ostree::Repo, f: &gio::File) -> Result<Optio
     Ok(Some(out))
 }
 
-/// Removes every entry of a mutable tree.
-fn clear(dir: &ostree::MutableTree) -> Result<()> {
-    let names: Vec<String> = dir
-        .copy_files()
-        .into_keys()
-        .chain(dir.copy_subdirs().into_keys())
-        .collect();
-    for n in names {
-        dir.remove(&n, true).map_err(gerr)?;
-    }
-    Ok(())
-}
-
-fn checksum_hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
-
-/// Applies one layer's dirtree onto `target` with overlay semantics: whiteouts delete,
-/// opaque markers clear, a non-directory replaces a directory and the reverse.
-fn apply_tree(repo: &ostree::Repo, target: &ostree::MutableTree, tree: &str) -> Result<()> {
-    let v = repo
-        .load_variant(ostree::ObjectType::DirTree, tree)
-        .map_err(gerr)
-        .with_context(|| format!("Loading dirtree {tree}"))?;
-    let (files, dirs): ostree::TreeVariantType = v
-        .get()
-        .ok_or_else(|| anyhow!("dirtree {tree} has an unexpected type"))?;
-    if files.iter().any(|(n, _)| n == ".wh..wh..opq") {
-        clear(target)?;
-    }
-    for (name, _) in &files {
-        if let Some(victim) = name.strip_prefix(".wh.") {
-            if !victim.starts_with(".wh.") && !victim.is_empty() {
-                target.remove(victim, true).map_err(gerr)?;
-            }
-        }
-    }
-    for (name, csum) in &files {
-        if name.starts_with(".wh.") {
-            continue;
-        }
-        if let (_, Some(_)) = tarimport::lookup(target, name)? {
-            target.remove(name, false).map_err(gerr)?;
-        }
-        target
-            .replace_file(name, &checksum_hex(csum))
-            .map_err(gerr)?;
-    }
-    for (name, tree_csum, meta_csum) in &dirs {
-        if let (Some(_), None) = tarimport::lookup(target, name)? {
-            target.remove(name, false).map_err(gerr)?;
-        }
-        let sub = target.ensure_dir(name).map_err(gerr)?;
-        sub.set_metadata_checksum(&checksum_hex(meta_csum));
-        apply_tree(repo, &sub, &checksum_hex(tree_csum))?;
-    }
-    Ok(())
-}
-
-/// The union of layer commits, in order, as a tree in the repository (the repo must be
-/// in a transaction). Returns the root's (contents, metadata) checksums.
-pub(crate) fn merge_layers(repo: &ostree::Repo, layers: &[String]) -> Result<(String, String)> {
-    let root = ostree::MutableTree::new();
-    let default_meta = repo
-        .write_metadata(
-            ostree::ObjectType::DirMeta,
-            None,
-            &tarimport::dirmeta_variant(&Meta::default_dir()),
-            gio::Cancellable::NONE,
-        )
-        .map_err(gerr)?
-        .to_hex();
-    root.set_metadata_checksum(&default_meta);
-    for commit in layers {
-        let (v, _) = repo.load_commit(commit).map_err(gerr)?;
-        let tree = checksum_hex(&v.child_value(6).data_as_bytes());
-        let meta = checksum_hex(&v.child_value(7).data_as_bytes());
-        root.set_metadata_checksum(&meta);
-        apply_tree(repo, &root, &tree)?;
-    }
-    let file = repo
-        .write_mtree(&root, gio::Cancellable::NONE)
-        .map_err(gerr)
-        .context("Writing the merged tree")?;
-    let file = file
-        .downcast::<ostree::RepoFile>()
-        .map_err(|_| anyhow!("write_mtree did not return a repo file"))?;
-    file.ensure_resolved().map_err(gerr)?;
-    let contents = file
-        .tree_get_contents_checksum()
-        .ok_or_else(|| anyhow!("merged tree has no contents checksum"))?;
-    let meta = file
-        .tree_get_metadata_checksum()
-        .ok_or_else(|| anyhow!("merged tree has no metadata checksum"))?;
-    Ok((contents.to_string(), meta.to_string()))
-}
-
-/// Device nodes of the merged tree: those of every layer whose placeholder survived.
-pub(crate) fn merged_devices(
-    repo: &ostree::Repo,
-    merged_root: &ostree::RepoFile,
-    layer_devices: &[Vec<DeviceNode>],
-) -> Vec<DeviceNode> {
-    let mut out: BTreeMap<String, DeviceNode> = BTreeMap::new();
-    for devs in layer_devices {
-        for d in devs {
-            out.insert(d.path.clone(), d.clone());
-        }
-    }
-    out.into_values()
-        .filter(|d| {
-            let f = merged_root.resolve_relative_path(&d.path);
-            matches!(read_repo_file(repo, &f), Ok(Some(b)) if b == d.placeholder())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tarimport::import_tar;
-
-    fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, t, arg) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(*t);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            h.set_mode(if *t == tar::EntryType::Directory {
-                0o755
-            } else {
-                0o644
-            });
-            let data: &[u8] = if *t == tar::EntryType::Regular {
-                arg.as_bytes()
-            } else {
-                b""
-            };
-            h.set_size(data.len() as u64);
-            if *t == tar::EntryType::Symlink {
-                h.set_link_name(arg).unwrap();
-            }
-            h.set_path(path).unwrap();
-            h.set_cksum();
-            b.append(&h, data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn commit_layer(repo: &ostree::Repo, tar: &[u8]) -> String {
-        let tree = import_tar(repo, tar, true).unwrap();
-        repo.write_commit_with_time(
-            None,
-            None,
-            None,
-            None,
-            &tree.root,
-            0,
-            gio::Cancellable::NONE,
-        )
-        .unwrap()
-        .to_string()
-    }
-
-    /// Lists a merged tree as `path -> content` (`<dir>` for directories, `-> target` for links).
-    fn listing(repo: &ostree::Repo, contents: &str, meta: &str) -> BTreeMap<String, String> {
-        let mt = ostree::MutableTree::from_checksum(repo, contents, meta);
-        let root = repo
-            .write_mtree(&mt, gio::Cancellable::NONE)
-            .unwrap()
-            .downcast::<ostree::RepoFile>()
-            .unwrap();
-        let mut out = BTreeMap::new();
-        fn walk(f: &gio::File, prefix: &str, out: &mut BTreeMap<String, String>) {
-            let en = f
-                .enumerate_children(
-                    "standard::*",
-                    gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
-                    gio::Cancellable::NONE,
-                )
-                .unwrap();
-            while let Some(info) = en.next_file(gio::Cancellable::NONE).unwrap() {
-                let name = info.name().to_string_lossy().into_owned();
-                let path = format!("{prefix}{name}");
-                let child = f.child(&name);
-                match info.file_type() {
-                    gio::FileType::Directory => {
-                        out.insert(path.clone(), "<dir>".into());
-                        walk(&child, &format!("{path}/"), out);
-                    }
-                    gio::FileType::SymbolicLink => {
-                        out.insert(
-                            path,
-                            format!("-> {}", info.symlink_target().unwrap().display()),
-                        );
-                    }
-                    _ => {
-                        let repo = child.downcast_ref::<ostree::RepoFile>().unwrap().repo();
-                        let bytes = read_repo_file(&repo, &child).unwrap().unwrap();
-                        out.insert(path, String::from_utf8_lossy(&bytes).into_owned());
-                    }
-                }
-            }
-        }
-        walk(root.upcast_ref(), "", &mut out);
-        out
-    }
-
-    #[test]
-    fn merge_applies_overlay_semantics() {
-        use tar::EntryType as E;
-        let d = tempfile::tempdir().unwrap();
-        let repo = ostree::Repo::new_for_path(d.path().join("repo"));
-        repo.create(ostree::RepoMode::BareUserOnly, gio::Cancellable::NONE)
-            .unwrap();
-        repo.prepare_transaction(gio::Cancellable::NONE).unwrap();
-        let l1 = commit_layer(
-            &repo,
-            &tar_of(&[
-                ("etc/", E::Directory, ""),
-                ("etc/keep", E::Regular, "1"),
-                ("etc/gone", E::Regular, "1"),
-                ("opaque/", E::Directory, ""),
-                ("opaque/old", E::Regular, "1"),
-                ("x", E::Symlink, "/etc"),
-                ("d/", E::Directory, ""),
-                ("d/f", E::Regular, "1"),
-            ]),
-        );
-        let l2 = commit_layer(
-            &repo,
-            &tar_of(&[
-                ("etc/.wh.gone", E::Regular, ""),
-                ("etc/new", E::Regular, "2"),
-                ("opaque/.wh..wh..opq", E::Regular, ""),
-                ("opaque/fresh", E::Regular, "2"),
-                // A directory where layer 1 had a symlink: replaced, never followed.
-                ("x/evil", E::Regular, "2"),
-                // A file where layer 1 had a directory.
-                ("d", E::Regular, "2"),
-            ]),
-        );
-        let (c, m) = merge_layers(&repo, &[l1, l2]).unwrap();
-        let got = listing(&repo, &c, &m);
-        let want: BTreeMap<String, String> = [
-            ("d", "2"),
-            ("etc", "<dir>"),
-            ("etc/keep", "1"),
-            ("etc/new", "2"),
-            ("opaque", "<dir>"),
-            ("opaque/fresh", "2"),
-            ("x", "<dir>"),
-            ("x/evil", "2"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-        assert_eq!(got, want);
-        repo.commit_transaction(gio::Cancellable::NONE).unwrap();
-    }
 
     #[test]
     fn manifests_are_checked() {

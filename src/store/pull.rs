@@ -1,30 +1,34 @@
 //! `syscont pull`: resolve a name, stream the layers from skopeo's image proxy through
 //! decompression into OSTree, and record the image once everything is there.
 //!
-//! Nothing is spooled to disk: each blob goes pipe → hash → decompress → hash → tar
-//! parser → OSTree objects. Layers are fetched in parallel (one proxy per worker). A layer
-//! becomes visible (its `ociimage/<hex>` ref) only when it is complete and verified, and the
-//! image ref only when all its layers are, so an interrupted pull leaves no partial image
-//! and the next pull reuses the finished layers.
+//! Blobs are not spooled to disk: each goes pipe → hash → inflate (one thread) → hash →
+//! tar parser → object checksums (another) → object writers (a pool), see `layers` and
+//! `tarimport`.
+//! Layers are fetched in parallel (one proxy per worker), the largest first, all into one
+//! OSTree transaction, so a pull waits for the disk once, at its end. A layer gets its
+//! `ociimage/<hex>` ref only when it is complete and verified, and the image ref only when
+//! all its layers are; refs become visible when the transaction commits, after libostree
+//! made everything durable. A killed pull therefore leaves no ref at all (its objects stay
+//! staged, and the next pull in the same boot does not write them again); a pull that fails
+//! still commits the layers that finished, so the next pull does not fetch them again, and
+//! one where none finished gives back what it wrote.
 
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
-use ostree::glib::prelude::*;
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
-use std::io::{self, BufReader, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use crate::image::proxy::{ImageProxy, OpenedImage, ProxyConfig};
+use crate::image::proxy::{ImageProxy, OpenedImage};
 use crate::image::reference::{self, ImageReference, Transport};
-use crate::image::registries::RegistriesConf;
 use crate::image::skopeo::FetchOptions;
-use crate::store::tarimport::{self, gerr, DeviceNode, ImportStats};
-use crate::store::{
-    self, metadata_variant, Compression, Descriptor, Manifest, Store, StoreConfig, REF_PREFIX,
+use crate::store::commit::{alias_layer, commit_files, write_image_commit};
+use crate::store::layers::{
+    end_pull_transaction, fetch_layers, flush_now, lock, write_opts, LayerJob,
 };
+use crate::store::source::{open_first, proxy_config, sources, verified_copy};
+use crate::store::{self, Descriptor, Manifest, Store, StoreConfig, REF_PREFIX};
 use crate::util::output::outln;
 use crate::util::output::{self, human_size};
 
@@ -46,70 +50,6 @@ pub(crate) struct PullResult {
     pub name: String,
     /// The manifest digest.
     pub digest: String,
-}
-
-/// A source to try, in skopeo syntax, with its TLS setting.
-#[derive(Debug, Clone)]
-struct Source {
-    skopeo_ref: String,
-    tls_verify: Option<bool>,
-    /// The verified copy this source reads from, kept for the life of the pull.
-    _verified: Option<std::sync::Arc<tempfile::TempDir>>,
-}
-
-fn sources(r: &ImageReference, fetch: &FetchOptions) -> Result<Vec<Source>> {
-    let tls = |insecure: bool| {
-        if insecure {
-            Some(false)
-        } else {
-            fetch.registry.tls_verify
-        }
-    };
-    Ok(match r.transport {
-        // Each candidate's mirrors come first, as registries.conf orders them.
-        Transport::Bare => {
-            let conf = RegistriesConf::load()?;
-            conf.resolve(&r.rest)?
-                .into_iter()
-                .flat_map(|c| {
-                    let mut all = c.mirrors.clone();
-                    all.push(c);
-                    all
-                })
-                .map(|c| Source {
-                    skopeo_ref: format!("docker://{}", c.reference),
-                    tls_verify: tls(c.insecure),
-                    _verified: None,
-                })
-                .collect()
-        }
-        Transport::Docker => {
-            let conf = RegistriesConf::load()?;
-            let mirrors = conf
-                .resolve(&r.rest)
-                .map(|mut c| c.remove(0).mirrors)
-                .unwrap_or_default();
-            let mut out: Vec<Source> = mirrors
-                .into_iter()
-                .map(|m| Source {
-                    skopeo_ref: format!("docker://{}", m.reference),
-                    tls_verify: tls(m.insecure),
-                    _verified: None,
-                })
-                .collect();
-            out.push(Source {
-                skopeo_ref: r.to_skopeo(),
-                tls_verify: tls(conf.is_insecure(&r.rest)),
-                _verified: None,
-            });
-            out
-        }
-        _ => vec![Source {
-            skopeo_ref: r.to_skopeo(),
-            tls_verify: None,
-            _verified: None,
-        }],
-    })
 }
 
 /// The name a `docker-archive:` file records for its image (`RepoTags[0]`), if any.
@@ -187,292 +127,6 @@ fn store_name(r: &ImageReference) -> Result<String> {
         }
     }
     r.store_name()
-}
-
-fn proxy_config(fetch: &FetchOptions, src: &Source) -> ProxyConfig {
-    ProxyConfig {
-        authfile: fetch.registry.authfile.clone(),
-        tls_verify: src.tls_verify,
-        arch: fetch.arch.clone(),
-        // skopeo reads $CONTAINERS_REGISTRIES_CONF itself.
-        registries_conf: None,
-        timeout: fetch.timeout,
-    }
-}
-
-/// Copies a source the policy wants verified with `skopeo copy` (which enforces the policy)
-/// into a scratch directory next to the repository, and returns the source to read
-/// instead. A refusal is an error that quotes skopeo's reason; nothing reaches the store.
-fn verified_copy(
-    store: &Store,
-    fetch: &FetchOptions,
-    src: &Source,
-    digest: &str,
-) -> Result<Source> {
-    let policy = crate::image::policy::policy_path();
-    output::status(format!(
-        "{} needs a verified signature ({}): checking it with skopeo copy.",
-        src.skopeo_ref,
-        policy.display()
-    ));
-    let tmp_parent = store.repo_path.join("tmp");
-    std::fs::create_dir_all(&tmp_parent)?;
-    let dir = tempfile::Builder::new()
-        .prefix("syscont-verified-")
-        .tempdir_in(&tmp_parent)
-        .with_context(|| format!("Creating a scratch directory in {}", tmp_parent.display()))?;
-    // Pin the digest the manifest had, so what is verified is what gets stored.
-    let pinned = match src.skopeo_ref.split_once('@') {
-        Some(_) => src.skopeo_ref.clone(),
-        None => {
-            let r = src.skopeo_ref.trim_start_matches("docker://");
-            let last = r.rfind('/').unwrap_or(0);
-            let repo = match r[last..].rfind(':') {
-                Some(i) => &r[..last + i],
-                None => r,
-            };
-            format!("docker://{repo}@{digest}")
-        }
-    };
-    let mut cmd = crate::image::skopeo::Skopeo::new()?;
-    // A global option: before the command.
-    if let Some(a) = &fetch.arch {
-        cmd.arg("--override-arch").arg(a);
-    }
-    cmd.args(["copy", "-q"]);
-    crate::image::skopeo::RegistryOptions {
-        tls_verify: src.tls_verify,
-        authfile: fetch.registry.authfile.clone(),
-    }
-    .src_args(&mut cmd);
-    cmd.arg(&pinned)
-        .arg(format!("dir:{}", dir.path().display()));
-    cmd.run(&format!(
-        "{} is refused by the policy {} (its signature is missing, wrong or not trusted)",
-        src.skopeo_ref,
-        policy.display()
-    ))?;
-    Ok(Source {
-        skopeo_ref: format!("dir:{}", dir.path().display()),
-        tls_verify: None,
-        _verified: Some(std::sync::Arc::new(dir)),
-    })
-}
-
-/// Opens the first source that works; the error lists every source tried.
-fn open_first(
-    fetch: &FetchOptions,
-    sources: &[Source],
-) -> Result<(ImageProxy, OpenedImage, Source)> {
-    let mut errors = Vec::new();
-    for src in sources {
-        let attempt = (|| {
-            let mut proxy = ImageProxy::new(&proxy_config(fetch, src))?;
-            let img = proxy.open_image(&src.skopeo_ref)?;
-            Ok::<_, anyhow::Error>((proxy, img))
-        })();
-        match attempt {
-            Ok((p, i)) => return Ok((p, i, src.clone())),
-            Err(e) => errors.push(format!("{}: {e:#}", src.skopeo_ref)),
-        }
-    }
-    if errors.len() == 1 {
-        bail!("{}", errors.remove(0));
-    }
-    bail!(
-        "no source could be opened; tried:\n  {}",
-        errors.join("\n  ")
-    )
-}
-
-/// A reader that hashes and counts what passes through it, and moves a progress bar.
-struct Hashing<R> {
-    inner: R,
-    hash: Sha256,
-    count: u64,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl<R: Read> Hashing<R> {
-    fn new(inner: R) -> Self {
-        Hashing {
-            inner,
-            hash: Sha256::new(),
-            count: 0,
-            bar: None,
-        }
-    }
-    fn finish(self) -> (R, String, u64) {
-        (
-            self.inner,
-            format!("sha256:{}", hex::encode(self.hash.finalize())),
-            self.count,
-        )
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.count += n as u64;
-        if let Some(bar) = &self.bar {
-            bar.inc(n as u64);
-        }
-        Ok(n)
-    }
-}
-
-/// The compression the first bytes of a stream show, if they show one.
-fn sniff_compression(head: &[u8]) -> Option<Compression> {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Some(Compression::Gzip)
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(Compression::Zstd)
-    } else if head.len() >= 4 {
-        // Neither magic: an uncompressed tar (the tar parser validates the rest).
-        Some(Compression::None)
-    } else {
-        None
-    }
-}
-
-/// One layer to fetch.
-#[derive(Debug, Clone)]
-struct LayerJob {
-    index: usize,
-    desc: Descriptor,
-    diff_id: String,
-}
-
-/// Fetches, verifies and commits one layer blob; returns the layer commit.
-fn import_layer(
-    proxy: &mut ImageProxy,
-    img: OpenedImage,
-    repo: &ostree::Repo,
-    job: &LayerJob,
-    allow_devices: bool,
-    bar: Option<indicatif::ProgressBar>,
-) -> Result<(String, ImportStats)> {
-    let desc = &job.desc;
-    let hex = desc.hex()?.to_string();
-    let compression = Compression::from_media_type(&desc.media_type)?;
-    let blob = proxy.get_blob(img, &desc.digest, desc.size)?;
-    let imported = tarimport::import_tar_with(repo, move |sink| {
-        let mut counted = Hashing::new(blob);
-        counted.bar = bar;
-        let (udigest, usize) = {
-            // Trust the bytes over the media type: docker-archive sources declare gzip for
-            // layers they store uncompressed.
-            let mut head = Vec::with_capacity(8);
-            (&mut counted).take(8).read_to_end(&mut head)?;
-            let compression = sniff_compression(&head).unwrap_or(compression);
-            let buffered =
-                BufReader::with_capacity(256 * 1024, io::Cursor::new(head).chain(&mut counted));
-            let decompressed: Box<dyn Read + Send + '_> = match compression {
-                Compression::None => Box::new(buffered),
-                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-                Compression::Zstd => Box::new(
-                    zstd::stream::read::Decoder::with_buffer(buffered)
-                        .context("Starting zstd decompression")?,
-                ),
-            };
-            let mut u = Hashing::new(decompressed);
-            tarimport::parse_layer(&mut u, allow_devices, sink)?;
-            io::copy(&mut u, &mut io::sink()).context("Reading the end of the layer")?;
-            let (_, d, n) = u.finish();
-            (d, n)
-        };
-        io::copy(&mut counted, &mut io::sink()).context("Reading the end of the blob")?;
-        let (blob, cdigest, csize) = counted.finish();
-        Ok((blob, cdigest, csize, udigest, usize))
-    });
-    let (tree, (blob, cdigest, csize, udigest, usize)) = match imported {
-        Ok(v) => v,
-        Err(e) => {
-            let ours = format!("{e:#}");
-            // A stall already waited its full timeout; a refused entry is our own verdict.
-            // Otherwise skopeo's verdict on the blob (reset, truncation, digest) is the cause.
-            if !crate::image::proxy::is_stall(&e) && !ours.contains("refusing") {
-                if let Err(sk) = proxy.finish_pending() {
-                    // A broken pipe only says that we stopped reading.
-                    if !format!("{sk:#}").contains("broken pipe") {
-                        return Err(sk.context(format!("Importing layer {}", desc.digest)));
-                    }
-                }
-            }
-            return Err(e.context(format!("Importing layer {}", desc.digest)));
-        }
-    };
-    proxy
-        .finish_blob(blob)
-        .with_context(|| format!("Fetching layer {}", desc.digest))?;
-    if cdigest != desc.digest || csize != desc.size {
-        bail!(
-            "layer {} is corrupt: received {csize} bytes hashing to {cdigest}, the manifest \
-             says {} bytes",
-            desc.digest,
-            desc.size
-        );
-    }
-    if udigest != job.diff_id {
-        bail!(
-            "layer {} does not match the image config: its content hashes to {udigest}, the \
-             config says {}",
-            desc.digest,
-            job.diff_id
-        );
-    }
-    let mut meta = vec![
-        ("docker.size", desc.size.to_string()),
-        ("docker.uncompressed_size", usize.to_string()),
-        ("docker.uncompressed_digest", udigest),
-        ("syscont.media-type", desc.media_type.clone()),
-    ];
-    if !tree.devices.is_empty() {
-        meta.push(("syscont.devices", serde_json::to_string(&tree.devices)?));
-    }
-    let commit = repo
-        .write_commit_with_time(
-            None,
-            Some(&format!("layer {}", desc.digest)),
-            None,
-            Some(&metadata_variant(&meta)),
-            &tree.root,
-            now(),
-            gio::Cancellable::NONE,
-        )
-        .map_err(gerr)
-        .context("Writing the layer commit")?
-        .to_string();
-    repo.transaction_set_ref(None, &format!("{REF_PREFIX}{hex}"), Some(&commit));
-    Ok((commit, tree.stats))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Runs `f` inside a transaction on `repo`; aborts it on error.
-pub(crate) fn in_transaction<T>(repo: &ostree::Repo, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    repo.prepare_transaction(gio::Cancellable::NONE)
-        .map_err(gerr)
-        .context("Starting an OSTree transaction")?;
-    match f() {
-        Ok(v) => {
-            repo.commit_transaction(gio::Cancellable::NONE)
-                .map_err(gerr)
-                .context("Committing the OSTree transaction")?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = repo.abort_transaction(gio::Cancellable::NONE);
-            Err(e)
-        }
-    }
 }
 
 /// Finds an existing layer with the same uncompressed digest (a recompressed blob).
@@ -593,41 +247,52 @@ fn pull_named(
         );
     }
 
-    // Reuse recompressed layers by their uncompressed digest.
-    let mut jobs = VecDeque::new();
-    for (i, l) in manifest.layers.iter().enumerate() {
-        if !missing.iter().any(|m| m.digest == l.digest) {
-            continue;
-        }
-        if let Some(other) = layer_by_diff_id(store, &diff_ids[i])? {
-            alias_layer(store, &other, l, &diff_ids[i])?;
-            output::status(format!(
-                "Layer {} is already stored under another compression.",
-                l.digest
-            ));
-            continue;
-        }
-        jobs.push_back(LayerJob {
-            index: i,
-            desc: l.clone(),
-            diff_id: diff_ids[i].clone(),
-        });
-    }
-    jobs.make_contiguous()
-        .sort_by_key(|j| std::cmp::Reverse(j.desc.size));
-    let needed: u64 = jobs.iter().map(|j| j.desc.size).sum();
-    output::status(format!(
-        "Pulling {name} from {}: {} layers present, {} needed ({}).",
-        src.skopeo_ref,
-        manifest.layers.len() - jobs.len(),
-        jobs.len(),
-        human_size(needed)
-    ));
-    fetch_layers(store, fetch, &src, proxy, img, jobs)?;
-
-    // Record the image: config blob, merged rootfs, image ref — in one transaction.
+    // One transaction for the whole pull, so the pull waits for the disk once: libostree
+    // makes a transaction durable (syncfs, then every objects/ directory fsynced) when it
+    // commits. The image ref is set last, when everything it names is in place.
     let repo = &store.repo;
-    in_transaction(repo, || {
+    let opts = write_opts(store, fetch)?;
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .context("Starting an OSTree transaction")?;
+    // Layers recorded in this transaction (refs set in it are read back only after it).
+    let new_layers = Mutex::new(HashMap::new());
+    let recorded = (|| -> Result<()> {
+        // Reuse recompressed layers by their uncompressed digest.
+        let mut jobs = VecDeque::new();
+        for (i, l) in manifest.layers.iter().enumerate() {
+            if !missing.iter().any(|m| m.digest == l.digest) {
+                continue;
+            }
+            if let Some(other) = layer_by_diff_id(store, &diff_ids[i])? {
+                let c = alias_layer(store, &other, l, &diff_ids[i])?;
+                lock(&new_layers).insert(l.hex()?.to_string(), c);
+                output::status(format!(
+                    "Layer {} is already stored under another compression.",
+                    l.digest
+                ));
+                continue;
+            }
+            jobs.push_back(LayerJob {
+                index: i,
+                desc: l.clone(),
+                diff_id: diff_ids[i].clone(),
+            });
+        }
+        jobs.make_contiguous()
+            .sort_by_key(|j| std::cmp::Reverse(j.desc.size));
+        let needed: u64 = jobs.iter().map(|j| j.desc.size).sum();
+        output::status(format!(
+            "Pulling {name} from {}: {} layers present, {} needed ({}).",
+            src.skopeo_ref,
+            manifest.layers.len() - jobs.len(),
+            jobs.len(),
+            human_size(needed)
+        ));
+        fetch_layers(store, fetch, &src, (proxy, img), jobs, &opts, &new_layers)?;
+        // Write back the layers while the image is recorded.
+        flush_now(&opts);
+
+        // Record the image: config blob, merged rootfs, image ref.
         if !config_present {
             let c = commit_files(
                 repo,
@@ -643,11 +308,11 @@ fn pull_named(
             .iter()
             .map(|l| {
                 let hex = l.hex()?;
+                if let Some(c) = lock(&new_layers).get(hex) {
+                    return Ok(c.clone());
+                }
                 store
-                    .repo
-                    .resolve_rev(&format!("{REF_PREFIX}{hex}"), false)
-                    .map_err(gerr)?
-                    .map(|c| c.to_string())
+                    .blob_commit(hex)?
                     .ok_or_else(|| anyhow!("layer {} is missing after the pull", l.digest))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -655,7 +320,9 @@ fn pull_named(
         crate::util::failpoint::hit("pull.before-image-ref");
         repo.transaction_set_ref(None, &reference::encode_ostree_ref(&name), Some(&commit));
         Ok(())
-    })?;
+    })();
+    let keep = !lock(&new_layers).is_empty();
+    end_pull_transaction(repo, recorded, keep, &opts)?;
     output::status(format!("Pulled {name} ({digest})."));
     Ok(PullResult { name, digest })
 }
@@ -705,44 +372,14 @@ pub(crate) fn refetch_layers(
         img.name,
         src.skopeo_ref
     ));
-    fetch_layers(store, fetch, &src, proxy, handle, jobs)
-}
-
-/// Writes the image commit of a stored image again from its layers (when objects of its
-/// merged tree were damaged) and points its ref at it.
-pub(crate) fn rewrite_image_commit(store: &Store, img: &store::ImageRecord) -> Result<()> {
-    let manifest = img
-        .meta
-        .get("docker.manifest")
-        .ok_or_else(|| anyhow!("image {} has no manifest", img.name))?
-        .clone();
-    let source = img.meta.get("syscont.source").cloned().unwrap_or_default();
     let repo = &store.repo;
-    in_transaction(repo, || {
-        let layer_commits = img
-            .manifest
-            .layers
-            .iter()
-            .map(|l| {
-                store
-                    .blob_commit(l.hex()?)?
-                    .ok_or_else(|| anyhow!("layer {} is missing", l.digest))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let commit = write_image_commit(
-            store,
-            &layer_commits,
-            manifest.as_bytes(),
-            &img.digest,
-            &source,
-        )?;
-        repo.transaction_set_ref(
-            None,
-            &reference::encode_ostree_ref(&img.name),
-            Some(&commit),
-        );
-        Ok(())
-    })
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .context("Starting an OSTree transaction")?;
+    let opts = write_opts(store, fetch)?;
+    let done = Mutex::new(HashMap::new());
+    let fetched = fetch_layers(store, fetch, &src, (proxy, handle), jobs, &opts, &done);
+    let keep = !lock(&done).is_empty();
+    end_pull_transaction(repo, fetched, keep, &opts)
 }
 
 /// Fetches a config blob and checks its digest.
@@ -763,300 +400,4 @@ fn fetch_config_blob(
         bail!("config {} is corrupt: it hashes to {got}", desc.digest);
     }
     Ok(buf)
-}
-
-/// Gives a recompressed blob its own ref, sharing the tree of an existing layer.
-fn alias_layer(store: &Store, other: &str, desc: &Descriptor, diff_id: &str) -> Result<()> {
-    let repo = &store.repo;
-    in_transaction(repo, || {
-        let (root, _) = repo
-            .read_commit(other, gio::Cancellable::NONE)
-            .map_err(gerr)?;
-        let root = root
-            .downcast::<ostree::RepoFile>()
-            .map_err(|_| anyhow!("commit root is not a repo file"))?;
-        let (meta, _) = store.commit_meta(other)?;
-        let mut pairs = vec![
-            ("docker.size", desc.size.to_string()),
-            (
-                "docker.uncompressed_size",
-                meta.get("docker.uncompressed_size")
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
-            ("docker.uncompressed_digest", diff_id.to_string()),
-            ("syscont.media-type", desc.media_type.clone()),
-        ];
-        if let Some(d) = meta.get("syscont.devices") {
-            pairs.push(("syscont.devices", d.clone()));
-        }
-        let commit = repo
-            .write_commit_with_time(
-                None,
-                Some(&format!("layer {}", desc.digest)),
-                None,
-                Some(&metadata_variant(&pairs)),
-                &root,
-                0,
-                gio::Cancellable::NONE,
-            )
-            .map_err(gerr)?;
-        repo.transaction_set_ref(None, &format!("{REF_PREFIX}{}", desc.hex()?), Some(&commit));
-        Ok(())
-    })
-}
-
-/// How often a layer is fetched before its pull fails.
-const LAYER_ATTEMPTS: usize = 3;
-
-/// Whether fetching a layer again may help: a connection that broke, a server error or
-/// bytes damaged on the way. Not for what the content itself says (a hostile entry, a
-/// layer that is not what the config claims) nor for a registry that stalled (that
-/// already waited its full timeout).
-fn worth_retrying(e: &anyhow::Error) -> bool {
-    // A stall already waited its whole timeout.
-    if crate::image::proxy::is_stall(e) {
-        return false;
-    }
-    let m = format!("{e:#}");
-    ![
-        "refusing",
-        "does not match the image config",
-        "unsupported",
-        "device node",
-        "No space left",
-    ]
-    .iter()
-    .any(|k| m.contains(k))
-}
-
-/// Fetches the jobs with up to one worker per core, each with its own proxy and repo handle.
-fn fetch_layers(
-    store: &Store,
-    fetch: &FetchOptions,
-    src: &Source,
-    first_proxy: ImageProxy,
-    first_img: OpenedImage,
-    jobs: VecDeque<LayerJob>,
-) -> Result<()> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
-        .min(jobs.len());
-    let queue = Mutex::new(jobs);
-    let failed = AtomicBool::new(false);
-    let allow_devices = !store.user_mode;
-    let first = Mutex::new(Some((first_proxy, first_img)));
-    let repo_path = store.repo_path.clone();
-    let multi = output::progress();
-    // Lines go above the bars while they are drawn.
-    let say = |line: String| match &multi {
-        Some(m) => {
-            let _ = m.println(line);
-        }
-        None => output::status(line),
-    };
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    let taken = first.lock().expect("not poisoned").take();
-                    let (mut proxy, mut img) = match taken {
-                        Some(p) => p,
-                        None => {
-                            let mut p = ImageProxy::new(&proxy_config(fetch, src))?;
-                            let i = p.open_image(&src.skopeo_ref)?;
-                            (p, i)
-                        }
-                    };
-                    let repo = store::open_repo(&repo_path)?;
-                    loop {
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let Some(job) = queue.lock().expect("not poisoned").pop_front() else {
-                            return Ok(());
-                        };
-                        let start = Instant::now();
-                        let bar = multi.as_ref().map(|m| {
-                            let short = job.desc.hex().unwrap_or_default();
-                            let label = format!("#{} {}", job.index + 1, &short[..short.len().min(12)]);
-                            output::blob_bar(m, label, job.desc.size)
-                        });
-                        let mut attempt = 1;
-                        let res = loop {
-                            let res = in_transaction(&repo, || {
-                                import_layer(&mut proxy, img, &repo, &job, allow_devices, bar.clone())
-                            });
-                            match res {
-                                Err(e) if attempt < LAYER_ATTEMPTS && worth_retrying(&e) => {
-                                    say(format!(
-                                        "Layer {} failed ({e:#}); trying again ({} of {LAYER_ATTEMPTS}).",
-                                        job.desc.digest,
-                                        attempt + 1
-                                    ));
-                                    std::thread::sleep(Duration::from_secs(attempt as u64));
-                                    attempt += 1;
-                                    // A fresh proxy: the old one may be in the middle of a blob.
-                                    proxy = ImageProxy::new(&proxy_config(fetch, src))?;
-                                    img = proxy.open_image(&src.skopeo_ref)?;
-                                    if let Some(bar) = &bar {
-                                        bar.reset();
-                                    }
-                                }
-                                other => break other,
-                            }
-                        };
-                        if let Some(bar) = &bar {
-                            bar.finish_and_clear();
-                        }
-                        if res.is_ok() {
-                            crate::util::failpoint::hit("pull.layer-committed");
-                        }
-                        match res {
-                            Ok((_, stats)) => say(format!(
-                                "Layer {} ({}, #{}) done in {:.2} s: {} entries, {} new objects, {} reused.",
-                                job.desc.digest,
-                                human_size(job.desc.size),
-                                job.index + 1,
-                                start.elapsed().as_secs_f64(),
-                                stats.entries,
-                                stats.objects_written,
-                                stats.objects_reused
-                            )),
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a layer worker panicked")))
-            })
-            .collect()
-    });
-    for r in results {
-        r?;
-    }
-    Ok(())
-}
-
-/// Commits a tree of regular files (mode 0644) plus an optional subtree `rootfs`.
-fn commit_files(
-    repo: &ostree::Repo,
-    files: &[(&str, &[u8])],
-    rootfs: Option<(&str, &str)>,
-    subject: &str,
-    meta: &[(&str, String)],
-) -> Result<String> {
-    let root = ostree::MutableTree::new();
-    let dirmeta = repo
-        .write_metadata(
-            ostree::ObjectType::DirMeta,
-            None,
-            &tarimport::dirmeta_variant(&tarimport::Meta::default_dir()),
-            gio::Cancellable::NONE,
-        )
-        .map_err(gerr)?
-        .to_hex();
-    root.set_metadata_checksum(&dirmeta);
-    for (name, data) in files {
-        let csum = repo
-            .write_regfile_inline(
-                None,
-                0,
-                0,
-                tarimport::S_IFREG | 0o644,
-                None,
-                data,
-                gio::Cancellable::NONE,
-            )
-            .map_err(gerr)?;
-        root.replace_file(name, &csum).map_err(gerr)?;
-    }
-    if let Some((contents, meta)) = rootfs {
-        let sub = root.ensure_dir("rootfs").map_err(gerr)?;
-        sub.fill_empty_from_dirtree(repo, contents, meta);
-        sub.set_metadata_checksum(meta);
-    }
-    let file = repo
-        .write_mtree(&root, gio::Cancellable::NONE)
-        .map_err(gerr)?;
-    let file = file
-        .downcast::<ostree::RepoFile>()
-        .map_err(|_| anyhow!("write_mtree did not return a repo file"))?;
-    let commit = repo
-        .write_commit_with_time(
-            None,
-            Some(subject),
-            None,
-            Some(&metadata_variant(meta)),
-            &file,
-            now(),
-            gio::Cancellable::NONE,
-        )
-        .map_err(gerr)?;
-    Ok(commit.to_string())
-}
-
-fn layer_devices(store: &Store, commits: &[String]) -> Result<Vec<Vec<DeviceNode>>> {
-    commits
-        .iter()
-        .map(|c| {
-            let (meta, _) = store.commit_meta(c)?;
-            Ok(match meta.get("syscont.devices") {
-                Some(j) => serde_json::from_str(j).context("Reading syscont.devices")?,
-                None => Vec::new(),
-            })
-        })
-        .collect()
-}
-
-/// Writes the image commit (`/manifest.json` + the merged `/rootfs`) in the current
-/// transaction and returns it.
-pub(crate) fn write_image_commit(
-    store: &Store,
-    layer_commits: &[String],
-    manifest_bytes: &[u8],
-    digest: &str,
-    source: &str,
-) -> Result<String> {
-    let repo = &store.repo;
-    let (contents, meta) = store::merge_layers(repo, layer_commits)?;
-    let manifest_str =
-        std::str::from_utf8(manifest_bytes).context("The manifest is not valid UTF-8")?;
-    let mut pairs = vec![
-        ("docker.manifest", manifest_str.to_string()),
-        ("docker.digest", digest.to_string()),
-        ("signatures", "0".to_string()),
-        ("syscont.source", source.to_string()),
-    ];
-    let devices = layer_devices(store, layer_commits)?;
-    if devices.iter().any(|d| !d.is_empty()) {
-        let root = ostree::MutableTree::from_checksum(repo, &contents, &meta);
-        let file = repo
-            .write_mtree(&root, gio::Cancellable::NONE)
-            .map_err(gerr)?
-            .downcast::<ostree::RepoFile>()
-            .map_err(|_| anyhow!("write_mtree did not return a repo file"))?;
-        let merged = store::merged_devices(repo, &file, &devices);
-        pairs.push(("syscont.devices", serde_json::to_string(&merged)?));
-    }
-    commit_files(
-        repo,
-        &[("manifest.json", manifest_bytes)],
-        Some((&contents, &meta)),
-        &format!("image {digest}"),
-        &pairs,
-    )
 }

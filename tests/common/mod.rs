@@ -329,6 +329,8 @@ pub fn tar_of(entries: &[Entry]) -> Vec<u8> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     Gzip,
+    /// gzip in several members (as parallel compressors write it).
+    GzipMembers,
     Zstd,
     None,
 }
@@ -361,6 +363,16 @@ pub fn write_layout(
                     gz.finish().unwrap(),
                     "application/vnd.oci.image.layer.v1.tar+gzip",
                 )
+            }
+            Compression::GzipMembers => {
+                let mut blob = Vec::new();
+                for part in tar.chunks(tar.len().div_ceil(3).max(1)) {
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    gz.write_all(part).unwrap();
+                    blob.extend(gz.finish().unwrap());
+                }
+                (blob, "application/vnd.oci.image.layer.v1.tar+gzip")
             }
             Compression::Zstd => (
                 zstd::encode_all(&tar[..], 3).unwrap(),
@@ -519,6 +531,12 @@ impl Syscont {
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `ostree fsck` of the test repository: every object's checksum matches its name.
+    pub fn fsck(&self) {
+        let out = self.ostree(&["fsck"]);
+        assert!(!out.contains("corrupted"), "{out}");
     }
 
     /// The refs in the repository.
