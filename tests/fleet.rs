@@ -487,6 +487,11 @@ fn rolling_updates_across_three_hosts() {
     for o in &outs {
         assert!(o.status.success(), "rolling update: {}", text(o));
     }
+    // What an operator sees (shown with --nocapture).
+    eprintln!(
+        "--- apply on host-a during the rolling update:\n{}",
+        text(&outs[0])
+    );
     assert_eq!(
         (0..3).map(|i| f.running(i)).collect::<Vec<_>>(),
         ["2", "2", "2"]
@@ -533,6 +538,14 @@ fn rolling_updates_across_three_hosts() {
     assert!(
         table.contains(&holder) && table.contains("failed:"),
         "{table}"
+    );
+    eprintln!("--- fleet status after the bad image:\n{table}");
+    eprintln!(
+        "--- apply of the bad image where it failed:\n{}",
+        outs.iter()
+            .map(text)
+            .find(|t| t.contains("recorded as failed in group"))
+            .unwrap_or_default()
     );
     // Another try of the bad digest changes nothing anywhere.
     let again = f.apply(2);
