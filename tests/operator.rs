@@ -427,7 +427,7 @@ fn no_silent_no_ops() {
         "install",
         "--dry-run",
         "--runtime",
-        "/usr/bin/nosuch",
+        "/opt/no-such-runtime/runc",
         "tool:1",
     ]);
     assert!(e.contains("is not installed"), "{e}");
