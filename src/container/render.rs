@@ -78,7 +78,7 @@ fn values_for(
     manifest: &ExportsManifest,
     use_: Use,
     destdir: &Path,
-) -> RenderValues {
+) -> Result<RenderValues> {
     let (exec, self_path) = match use_ {
         Use::Deployment(mode) => {
             let run_dir = t
@@ -121,12 +121,12 @@ fn values_for(
         },
         self_path: &self_path,
         scope,
-    });
-    RenderValues {
+    })?;
+    Ok(RenderValues {
         values,
         json: t.values.json.clone(),
         given: t.values.set.keys().cloned().collect(),
-    }
+    })
 }
 
 /// The unit and its drop-in, rendered from the image's `service.template` (or syscont's
@@ -178,7 +178,7 @@ pub(crate) fn unit_from_store(
     let service_tmpl = read("service.template")?;
     let mode = exec_mode(service_tmpl.as_deref());
     let destdir = host.deps.slot_dir(t.name, Slot::Zero);
-    let rv = values_for(host.scope, t, &manifest, Use::Deployment(mode), &destdir);
+    let rv = values_for(host.scope, t, &manifest, Use::Deployment(mode), &destdir)?;
     let (unit, _) = render_unit(manifest.engine()?, service_tmpl.as_deref(), mode, &rv)?;
     Ok(Some(unit))
 }
@@ -212,7 +212,7 @@ impl<'a> Exports<'a> {
         let service_tmpl = read_export(&image, "service.template")?;
         let tmpfiles_tmpl = read_export(&image, "tmpfiles.template")?;
         let use_ = use_.unwrap_or_else(|| Use::Deployment(exec_mode(service_tmpl.as_deref())));
-        let rv = values_for(scope, t, &manifest, use_, destdir);
+        let rv = values_for(scope, t, &manifest, use_, destdir)?;
         Ok(Exports {
             image,
             manifest,

@@ -180,7 +180,7 @@ pub(crate) const OS_VALUES: &[&str] = &[
 ];
 
 /// Computes all template values.
-pub(crate) fn compute_values(i: &ValueInputs<'_>) -> BTreeMap<String, String> {
+pub(crate) fn compute_values(i: &ValueInputs<'_>) -> anyhow::Result<BTreeMap<String, String>> {
     let mut v = i.set.clone();
     let (os_run, os_state, os_conf) = i.scope.template_dirs();
     let run_dir = v.get("RUN_DIRECTORY").cloned().unwrap_or(os_run);
@@ -200,7 +200,10 @@ pub(crate) fn compute_values(i: &ValueInputs<'_>) -> BTreeMap<String, String> {
         v.entry(k.clone()).or_insert_with(|| val.clone());
     }
     if !v.contains_key("UUID") {
-        let uuid = i.uuid.map(str::to_string).unwrap_or_else(new_uuid);
+        let uuid = match i.uuid {
+            Some(u) => u.to_string(),
+            None => new_uuid()?,
+        };
         v.insert("UUID".into(), uuid);
     }
     let forced = [
@@ -218,33 +221,35 @@ pub(crate) fn compute_values(i: &ValueInputs<'_>) -> BTreeMap<String, String> {
     for (k, val) in forced {
         v.insert(k.to_string(), val);
     }
-    v
+    Ok(v)
 }
 
-/// A random version-4 UUID.
-pub(crate) fn new_uuid() -> String {
+/// A random version-4 UUID, from the kernel's random source (`getrandom(2)`). There is
+/// no weaker fallback: two containers given the same UUID would share a machine id.
+pub(crate) fn new_uuid() -> anyhow::Result<String> {
     let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b.copy_from_slice(&t.to_le_bytes());
+    let mut filled = 0;
+    while filled < b.len() {
+        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(anyhow::Error::new(std::io::Error::from(e))
+                    .context("reading random bytes for a new UUID"))
+            }
+        }
     }
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!(
+    Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..]
-    )
+    ))
 }
 
 /// Which engine renders an image's templates.
@@ -556,6 +561,20 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    #[test]
+    fn new_uuids_are_version_4_and_distinct() {
+        let a = new_uuid().unwrap();
+        let b = new_uuid().unwrap();
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{a}");
+        assert!("89ab".contains(&parts[3][..1]), "{a}");
+    }
+
     fn inputs<'a>(
         set: &'a BTreeMap<String, String>,
         defaults: &'a BTreeMap<String, String>,
@@ -598,7 +617,7 @@ mod tests {
             ("CONF_DIRECTORY".to_string(), "/opt/conf".to_string()),
         ]
         .into();
-        let v = compute_values(&inputs(&set, &defaults, &exec, &destdir));
+        let v = compute_values(&inputs(&set, &defaults, &exec, &destdir)).unwrap();
         assert_eq!(v["PORT"], "1", "--set beats defaults");
         assert_eq!(v["OTHER"], "3");
         assert_eq!(
