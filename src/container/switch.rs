@@ -165,6 +165,23 @@ pub(crate) fn begin(host: &Host, name: &str, rec: &SwitchRecord) -> Result<()> {
     fsutil::atomic_write(&record_path(&host.deps, name), &buf, 0o644)
 }
 
+/// Begins a switch and stops the service when it runs; its tmpfiles entries go with it.
+/// `stopped` is the failpoint hit once the service is down.
+pub(crate) fn begin_stopped(
+    host: &Host,
+    name: &str,
+    rec: &SwitchRecord,
+    stopped: &str,
+) -> Result<()> {
+    begin(host, name, rec)?;
+    if rec.was_active {
+        host.systemd()?.stop(&unit_name(name), JOB_TIMEOUT)?;
+    }
+    crate::util::failpoint::hit(stopped);
+    let _ = host.units.tmpfiles("--remove", name);
+    Ok(())
+}
+
 /// Ends a switch: the service runs from the slot the link points at, or was not to run.
 pub(crate) fn end(deps: &Deployments, name: &str) {
     let _ = std::fs::remove_file(record_path(deps, name));

@@ -213,12 +213,7 @@ pub(crate) fn update(
         to: next,
         was_active,
     };
-    switch::begin(host, name, &rec)?;
-    if was_active {
-        sd.stop(&unit, JOB_TIMEOUT)?;
-    }
-    failpoint::hit("update.stopped");
-    let _ = host.units.tmpfiles("--remove", name);
+    switch::begin_stopped(host, name, &rec, "update.stopped")?;
     let mut old_info = old.clone();
     if let Err(e) = switch_to(host, name, next, &old, &mut new_info) {
         // Nothing was committed: put the old slot's files back and restart it.
@@ -332,12 +327,7 @@ pub(crate) fn rollback(host: &Host, name: &str) -> Result<()> {
         to: other,
         was_active,
     };
-    switch::begin(host, name, &rec)?;
-    if was_active {
-        sd.stop(&unit, JOB_TIMEOUT)?;
-    }
-    failpoint::hit("rollback.stopped");
-    let _ = host.units.tmpfiles("--remove", name);
+    switch::begin_stopped(host, name, &rec, "rollback.stopped")?;
     switch_to(host, name, other, &from, &mut to)?;
     failpoint::hit("rollback.switched");
     sd.reload()?;

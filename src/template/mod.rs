@@ -128,20 +128,9 @@ pub(crate) const FORCED_VALUES: &[&str] = &[
 ];
 
 /// The values computed for every deployment that `--set` cannot change (Atomic silently
-/// overwrote them; syscont refuses them, so a mistaken `--set NAME=…` is not ignored).
-pub(crate) const ALWAYS_COMPUTED: &[&str] = &[
-    "DESTDIR",
-    "NAME",
-    "EXEC_START",
-    "EXEC_STOP",
-    "EXEC_STARTPRE",
-    "EXEC_STOPPOST",
-    "HOST_UID",
-    "HOST_GID",
-    "IMAGE_NAME",
-    "IMAGE_ID",
-];
-
+/// overwrote them; syscont refuses them, so a mistaken `--set NAME=…` is not ignored):
+/// [`FORCED_VALUES`] but `RUNTIME` and `ATOMIC`, its last two.
+pub(crate) const ALWAYS_COMPUTED: &[&str] = FORCED_VALUES.split_at(FORCED_VALUES.len() - 2).0;
 /// Refuses user-given values for what syscont always computes.
 pub(crate) fn check_settable<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<()> {
     for k in keys {
