@@ -12,7 +12,8 @@
 #   TOOLS="syscont recipe podman"
 #   ONLY=""       scenario names to run (default: all): cold-hello update-hello cold-debian-base
 #                 rebuilt cold-etcd warm-etcd noop-etcd cold-big floor disk rss service startup
-#   SYNC_TRACE=1  also strace one cold etcd pull for its sync calls (syncs.tsv)
+#   SYNC_TRACE=1  strace one cold etcd pull for its sync calls, and time it untraced with and
+#                 without syncfs (syncs.tsv, syncwall.tsv); 0 to leave it out
 #   REPORT=docs/performance.md   where the report goes ("" for none)
 set -euo pipefail
 # shellcheck source=bench/lib/common.sh
@@ -185,7 +186,7 @@ if want rss; then
 fi
 
 # --- where a cold pull waits for the disk: its sync calls, and the same pull without them
-if [ "${SYNC_TRACE:-0}" = 1 ] && [[ " $TOOLS " == *" syscont "* ]]; then
+if [ "${SYNC_TRACE:-1}" = 1 ] && [[ " $TOOLS " == *" syscont "* ]]; then
     need_packages strace
     printf 'variant\tcall\tcount\tseconds\twall\n' > "$RESULTS/syncs.tsv"
     for variant in normal nosyncfs; do
@@ -197,13 +198,29 @@ if [ "${SYNC_TRACE:-0}" = 1 ] && [[ " $TOOLS " == *" syscont "* ]]; then
             "$SYSCONT" -q --repo "$WORK/syscont/repo" --checkout-path "$WORK/syscont/checkouts" \
             pull --tls-verify=false "docker://$REGISTRY/etcd:3.4" >/dev/null
         wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')
+        # With -f, strace prefixes each line with the thread id; a call that another
+        # thread interrupts is split into `call(… <unfinished ...>` and `<... call
+        # resumed>… <seconds>`: count the starts, add up the times wherever they stand.
         for call in syncfs fsync fdatasync; do
-            grep -E "(^|[0-9] )$call\(" "$out" | sed -n 's/.*<\([0-9.]*\)>$/\1/p' \
-                | awk -v v=$variant -v c=$call -v w="$wall" \
-                    '{n++; s+=$1} END {printf "%s\t%s\t%d\t%.4f\t%s\n", v, c, n, s, w}' \
+            awk -v v=$variant -v c=$call -v w="$wall" '
+                $2 ~ "^" c "\\(" { n++ }
+                ($2 ~ "^" c "\\(" || ($2 == "<..." && $3 == c)) && match($0, /<[0-9.]+>$/) {
+                    s += substr($0, RSTART + 1, RLENGTH - 2)
+                }
+                END { printf "%s\t%s\t%d\t%.4f\t%s\n", v, c, n, s, w }' "$out" \
                 >> "$RESULTS/syncs.tsv"
         done
     done
+    # strace stops the pull at every signal, and skopeo's Go runtime sends many (SIGURG):
+    # the same two variants again, untraced, for their wall times.
+    pull="-q --repo $WORK/syscont/repo --checkout-path $WORK/syscont/checkouts pull --tls-verify=false docker://$REGISTRY/etcd:3.4"
+    # shellcheck disable=SC2086
+    hyperfine -N --style none --runs "$RUNS" --prepare "$BENCH_DIR/lib/prepare.sh syscont" \
+        --export-json "$RESULTS/raw/syncs-untraced.json" \
+        -n normal "$SYSCONT $pull" -n nosyncfs "env OSTREE_SUPPRESS_SYNCFS=1 $SYSCONT $pull" >/dev/null
+    printf 'variant\truns\tmedian\tmin\tmax\n' > "$RESULTS/syncwall.tsv"
+    jq -r '.results[] | [.command, (.times | length), .median, .min, .max] | @tsv' \
+        "$RESULTS/raw/syncs-untraced.json" >> "$RESULTS/syncwall.tsv"
 fi
 
 # --- syscont's start-up: `syscont --version`, warm and with the page cache dropped --------
