@@ -89,15 +89,13 @@ fn containers(host: &Host, c: ContainersCommand) -> Result<()> {
     match c {
         ContainersCommand::List {
             all,
-            json,
-            format,
-            no_trunc,
+            table,
             filters,
         } => {
             let o = ListOpts {
                 all,
-                format: format.get(json),
-                no_trunc,
+                format: table.output.get(),
+                no_trunc: table.no_trunc,
                 filters,
             };
             print::containers(crate::container::list::list(host)?, &o)
@@ -168,24 +166,20 @@ fn images(host: &Host, c: ImagesCommand) -> Result<()> {
             };
             let o = ListOpts {
                 all: o.all,
-                format: o.format.get(o.json),
-                no_trunc: o.no_trunc,
+                format: o.table.output.get(),
+                no_trunc: o.table.no_trunc,
                 filters: o.filters,
             };
             print::images(rows, &o)
         }
         ImagesCommand::Info { format, image } => print::info(
             &crate::container::image_info::info(host, &image)?,
-            &format.get(false),
+            &format.get(),
         ),
-        ImagesCommand::Inspect {
-            json,
-            format,
-            image,
-        } => {
+        ImagesCommand::Inspect { format, image } => {
             let store = host.open_store()?;
             let img = store.resolve_one(&image)?;
-            print::inspect(&images::inspect(store, &img)?, &format.get(json))
+            print::inspect(&images::inspect(store, &img)?, &format.get())
         }
         ImagesCommand::Delete { force, images: i } => images::delete(host.open_store()?, &i, force),
         ImagesCommand::Prune => images::prune(host.existing_store()?),
@@ -243,7 +237,7 @@ pub(crate) fn dispatch(opt: Opt) -> Result<()> {
         } => run::run(host, &target, &command, &values(&set, &[])?),
         Command::Stop { name } => run::stop(host, &name),
         Command::Doctor { format } => {
-            print::doctor(&crate::container::doctor::doctor(host), &format.get(false))
+            print::doctor(&crate::container::doctor::doctor(host), &format.get())
         }
         Command::Mount { target, dir } => crate::container::mount::mount(host, &target, &dir),
         Command::Umount { dir } => crate::container::mount::umount(&dir),

@@ -270,7 +270,7 @@ pub(super) fn command(host: &Host, c: FleetCommand) -> Result<()> {
             coordinator: o,
         } => {
             let groups = coordinator(host, &o)?.status(group.as_deref())?;
-            match format.get(false) {
+            match format.get() {
                 Format::Table => {
                     output::write_stdout(format_args!("{}", status_text(&groups)));
                     Ok(())

@@ -206,14 +206,8 @@ enum ContainersCommand {
         /// Also list containers that are not running.
         #[arg(short, long)]
         all: bool,
-        /// Print JSON (the same as --format json).
-        #[arg(long, conflicts_with = "format")]
-        json: bool,
         #[command(flatten)]
-        format: FormatOpt,
-        /// Do not truncate columns.
-        #[arg(long)]
-        no_trunc: bool,
+        table: TableOpts,
         /// Show only containers matching KEY=VALUE: a field of the JSON output (name or
         /// container, image, command, state, runtime, backend, id, created), as a
         /// case-insensitive substring.
@@ -422,9 +416,35 @@ pub(crate) struct FormatOpt {
 }
 
 impl FormatOpt {
-    fn get(self, json: bool) -> Format {
-        Format::choose(self.format, json)
+    fn get(self) -> Format {
+        Format::choose(self.format, false)
     }
+}
+
+/// `--format`, and `--json` as scripts written for earlier releases use it.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct JsonOrFormat {
+    /// Print JSON (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    #[command(flatten)]
+    format: FormatOpt,
+}
+
+impl JsonOrFormat {
+    fn get(self) -> Format {
+        Format::choose(self.format.format, self.json)
+    }
+}
+
+/// How a list prints: the format, and whether its table cuts long columns.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct TableOpts {
+    #[command(flatten)]
+    output: JsonOrFormat,
+    /// Do not truncate columns (names, IDs, images, commands).
+    #[arg(long)]
+    no_trunc: bool,
 }
 
 /// How to reach registries (the same in every command that talks to one).
@@ -510,11 +530,8 @@ enum ImagesCommand {
     },
     /// Show an image's manifest, configuration and layers.
     Inspect {
-        /// Print JSON (the same as --format json).
-        #[arg(long, conflicts_with = "format")]
-        json: bool,
         #[command(flatten)]
-        format: FormatOpt,
+        format: JsonOrFormat,
         /// Name the image, by name, short name or ID prefix.
         image: String,
     },
@@ -588,14 +605,8 @@ struct ImagesListOpts {
     /// Also list layer and config blobs.
     #[arg(short, long)]
     all: bool,
-    /// Print JSON (the same as --format json).
-    #[arg(long, conflicts_with = "format")]
-    json: bool,
     #[command(flatten)]
-    format: FormatOpt,
-    /// Do not truncate IDs and names.
-    #[arg(long)]
-    no_trunc: bool,
+    table: TableOpts,
     /// Show only images matching KEY=VALUE: a field of the JSON output (repo, tag, id,
     /// name, created, pulled, size, type), as a case-insensitive substring.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
