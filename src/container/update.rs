@@ -241,6 +241,17 @@ pub(crate) fn update(
     if watched.is_ok() || r.no_rollback {
         switch::end(deps, name);
     }
+    // A failed gate keeps the fleet slot and records the digest: the group halts.
+    let halt_group = |e: &anyhow::Error| {
+        fleet
+            .map(|(rollout, member)| {
+                format!(
+                    "; {}",
+                    rollout.failed(name, member, &img.digest, &format!("{e:#}"))
+                )
+            })
+            .unwrap_or_default()
+    };
     match watched {
         Ok(()) => {
             if let Some((rollout, member)) = fleet {
@@ -253,14 +264,7 @@ pub(crate) fn update(
             Ok(UpdateOutcome::Updated)
         }
         Err(e) if r.no_rollback => {
-            let halted = fleet
-                .map(|(rollout, member)| {
-                    format!(
-                        "; {}",
-                        rollout.failed(name, member, &img.digest, &format!("{e:#}"))
-                    )
-                })
-                .unwrap_or_default();
+            let halted = halt_group(&e);
             Err(e.context(format!(
                 "{name} was updated but does not run; --no-rollback keeps the new version{halted}\n{}",
                 journal_tail(host, &unit)
@@ -273,14 +277,7 @@ pub(crate) fn update(
             if back.is_ok() {
                 switch::end(deps, name);
             }
-            let halted = fleet
-                .map(|(rollout, member)| {
-                    format!(
-                        "; {}",
-                        rollout.failed(name, member, &img.digest, &format!("{e:#}"))
-                    )
-                })
-                .unwrap_or_default();
+            let halted = halt_group(&e);
             back?;
             Err(e.context(format!(
                 "the update of {name} failed and was rolled back; the previous version runs again{halted}.\nLast journal lines:\n{journal}"
