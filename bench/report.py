@@ -271,27 +271,29 @@ def main():
 
     # --- why syscont is where it is against the floor (profiled, not measured per run) ---
     w("### Where syscont's time goes\n")
-    w("From `perf record -g -F 999` of the timed command (pull, then checkout) on this "
-      "machine, 2026-12-02, right after a full run; not measured by each run. Shares are of "
-      "all CPU samples of syscont and its skopeo proxies, by thread (`perf report --sort "
-      "comm,dso`). Each layer is a pipeline: an *inflate* thread reads the blob from skopeo, "
-      "hashes it (SHA-256 with SHA-NI) and inflates it with ISA-L's igzip; the layer's own "
-      "thread hashes the tar (its uncompressed digest, which the image config names), parses "
-      "it and computes every file's OSTree checksum once, so a file already stored is never "
-      "written again; a pool of *objects* threads hands new objects to libostree under those "
-      "checksums (`write_content_trusted`: libostree hashes nothing). The whole pull is one "
-      "transaction; a *flusher* thread starts writeback every 16 MiB written, so the "
-      "commit's `syncfs` finds little left to write.\n")
+    w("From `perf record -g` of the timed command (pull, then checkout) on this machine, "
+      "2026-12-02, right after a full run; not measured by each run. Shares are of all CPU "
+      "samples of syscont and its skopeo proxies, by thread (`perf report --sort comm,dso`). "
+      "Each layer is a pipeline: an *inflate* thread reads the blob from skopeo, hashes it "
+      "(SHA-256 with SHA-NI) and inflates it with ISA-L's igzip; the layer's own thread "
+      "parses the tar and computes every file's OSTree checksum once, so a file already "
+      "stored is never written again, while a *tar-hash* thread computes the tar's digest "
+      "(which the image config names) from the same chunks; a pool of *objects* threads "
+      "hands new objects to libostree under those checksums (`write_content_trusted`: "
+      "libostree hashes nothing). The whole pull is one transaction; a *flusher* thread "
+      "starts writeback every 16 MiB written, so the commit's `syncfs` finds little left to "
+      "write. The objects threads' share varies most from one pull to the next (0.25 to "
+      "0.6 s of CPU for etcd:3.4): it is the kernel creating files on ext4.\n")
     w("| | etcd:3.4, cold | debian-base-rebuilt:1 after debian-base:1 | big:1, cold |")
     w("|---|---|---|---|")
-    w("| wall time sampled | 0.94 s | 0.56 s | 4.74 s |")
-    w("| CPU time (cores busy) | 1.36 s (1.45) | 0.71 s (1.27) | 6.90 s (1.46) |")
-    w("| inflate thread (igzip, blob SHA-256) | 25% | 29% | 27% |")
-    w("| layer threads (tar and file SHA-256, parsing) | 28% (SHA-256: 18%) "
-      "| 36% (SHA-256: 21%) | 24% |")
-    w("| skopeo (Go's SHA-256 of every blob, the pipe) | 19% | 23% | 34% |")
-    w("| objects threads (nearly all kernel: create, fill, link) | 18% | 0% | 11% |")
-    w("| main thread (start-up, merged /rootfs, commit, checkout) | 10% | 12% | 3% |")
+    w("| wall time sampled | 1.12 s | 0.55 s | 4.61 s |")
+    w("| CPU time (cores busy) | 1.67 s (1.49) | 0.69 s (1.25) | 6.81 s (1.48) |")
+    w("| inflate thread (igzip, blob SHA-256) | 19% | 31% | 27% |")
+    w("| layer threads (parsing, file SHA-256) | 18% | 24% | 15% |")
+    w("| tar-hash threads (the tar's SHA-256) | 6% | 11% | 8% |")
+    w("| skopeo (Go's SHA-256 of every blob, the pipe) | 14% | 21% | 33% |")
+    w("| objects threads (nearly all kernel: create, fill, link) | 35% | 0% | 14% |")
+    w("| main thread (start-up, merged /rootfs, commit, checkout) | 8% | 13% | 3% |")
     w("")
 
     # --- why a missed target is missed, and what would come next ----------------------
@@ -306,9 +308,13 @@ def main():
     else:
         not_the_disk = ""
     w("### Why a target is missed, and the next step\n")
-    w("- **The work is larger than the floor's.** A cold etcd:3.4 pull + checkout uses "
-      "about 1.7 s of CPU (user + system, table above) where the floor's stages add up to "
-      "0.82 s on one core. syscont hashes the uncompressed bytes twice, as it must: the "
+    etcd_cpu = times.get(("cold-etcd", "syscont"))
+    etcd_floor = {r["image"]: float(r["one_core"]) for r in floor_rows}.get("etcd:3.4")
+    cpu_vs_floor = (f"A cold etcd:3.4 pull + checkout uses "
+                    f"{secs(float(etcd_cpu['user']) + float(etcd_cpu['system']))} of CPU "
+                    f"(user + system, table above) where the floor's stages add up to "
+                    f"{secs(etcd_floor)} on one core. " if etcd_cpu and etcd_floor else "")
+    w("- **The work is larger than the floor's.** " + cpu_vs_floor + "syscont hashes the uncompressed bytes twice, as it must: the "
       "tar's digest proves the layer is the one the config names, and each file's OSTree "
       "checksum names its object (the floor hashes once). skopeo's image proxy costs three "
       "to five times the floor's fetch, because Go 1.19's SHA-256 (no SHA-NI) verifies every "
@@ -316,15 +322,14 @@ def main():
       "checkout's link), and each object goes through libostree's temporary file, "
       "ownership, mode, time and staging rename.\n"
       "- **One big layer is one serial chain.** etcd:3.4 keeps two thirds of its bytes in one "
-      "layer, debian-base-rebuilt:1 has a single layer; inflate and the layer's parse-and-hash "
-      "thread overlap, but the second core is otherwise idle (1.27 to 1.46 cores busy). The "
-      "rebuilt pull writes almost nothing: its time is hashing 120 MB twice behind one "
-      "inflate.\n"
+      "layer, debian-base-rebuilt:1 has a single layer: skopeo, inflate, the parser and the "
+      "tar's hash overlap, but each waits on the one before, and about 1.5 of the 2 cores "
+      "are busy. The rebuilt pull writes almost nothing: its time is hashing 120 MB twice "
+      "behind one inflate, then the checkout of its 6,600 entries.\n"
       + not_the_disk +
-      "- **Next steps.** (1) Compute the per-file checksums on the objects threads instead of "
-      "the layer thread, so that one layer's hashing spreads over both cores; on etcd:3.4 "
-      "that moves about 0.25 s of SHA-256 off the critical path, and on the rebuilt image "
-      "half of its hashing. (2) When the distribution's skopeo speaks image-proxy protocol "
+      "- **Next steps.** (1) Compute the per-file checksums on the objects threads too, as "
+      "the tar's digest already is on its own thread, so that the parser only parses; on "
+      "the rebuilt image that moves a third of the layer thread's work off the chain. (2) When the distribution's skopeo speaks image-proxy protocol "
       "0.2.8 (`GetRawBlob`; Debian 12's skopeo 1.9 speaks 0.2.3), take the blobs raw and "
       "verify them once in syscont, which removes most of skopeo's share (a third of a "
       "big:1 pull). (3) A libostree that writes an object with fewer system calls (no "

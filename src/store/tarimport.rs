@@ -4,11 +4,13 @@
 //!
 //! 1. the *producer* (its own thread, [`import_tar_with`]'s caller supplies it) reads the
 //!    blob, hashes the compressed bytes and inflates them into a [`TarPipe`];
-//! 2. this thread hashes the tar (its uncompressed digest), parses and validates every
-//!    entry ([`parse_layer`], in `tarparse`) and hands each [`Item`] to a [`TreeWriter`],
-//!    which computes
-//!    the object checksums (see [`crate::store::objects`]) and builds the layer's tree;
-//! 3. a pool of threads writes the new objects ([`crate::store::objpool`]).
+//! 2. this thread parses and validates every entry ([`parse_layer`], in `tarparse`) and
+//!    hands each [`Item`] to a [`TreeWriter`], which computes the object checksums (see
+//!    [`crate::store::objects`]) and builds the layer's tree;
+//! 3. a hashing thread computes the tar's digest (its uncompressed digest) from the same
+//!    chunks, in the order the parser read them, so the two hashes of the uncompressed
+//!    bytes run on both cores;
+//! 4. a pool of threads writes the new objects ([`crate::store::objpool`]).
 //!
 //! A union of layers is built as a tree (see `store::merge`), so a symlink in one
 //! layer can never redirect a path of another.
@@ -17,6 +19,7 @@ use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 
 use crate::store::tarparse::parse_layer;
 use crate::store::treewrite::TreeWriter;
@@ -61,13 +64,13 @@ impl TarPipe {
     }
 }
 
-/// The importer's end of the pipe, hashing what it reads.
+/// The importer's end of the pipe. Each chunk it takes also goes to the layer's hashing
+/// thread, which computes the tar's digest beside the parser (see [`hash_chunks`]).
 struct PipeReader {
     rx: Receiver<Vec<u8>>,
-    cur: Vec<u8>,
+    cur: Arc<Vec<u8>>,
     pos: usize,
-    hash: Sha256,
-    count: u64,
+    to_hash: SyncSender<Arc<Vec<u8>>>,
 }
 
 impl Read for PipeReader {
@@ -75,10 +78,11 @@ impl Read for PipeReader {
         if self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(next) => {
-                    self.hash.update(&next);
-                    self.count += next.len() as u64;
-                    self.cur = next;
+                    self.cur = Arc::new(next);
                     self.pos = 0;
+                    self.to_hash
+                        .send(Arc::clone(&self.cur))
+                        .map_err(|_| io::Error::other("the layer's hashing thread stopped"))?;
                 }
                 Err(_) => return Ok(0),
             }
@@ -87,6 +91,21 @@ impl Read for PipeReader {
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// Hashes the chunks of a layer's tar in the order the parser read them, until the reader
+/// is gone: the tar's digest and size.
+fn hash_chunks(rx: Receiver<Arc<Vec<u8>>>) -> TarDigest {
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    for chunk in rx {
+        hash.update(chunk.as_slice());
+        size += chunk.len() as u64;
+    }
+    TarDigest {
+        digest: format!("sha256:{}", hex::encode(hash.finalize())),
+        size,
     }
 }
 
@@ -112,17 +131,21 @@ where
     F: FnOnce(&mut TarPipe) -> Result<T> + Send,
 {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
+    let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(PIPE_DEPTH);
     std::thread::scope(|s| {
         let producer = std::thread::Builder::new()
             .name("inflate".into())
             .spawn_scoped(s, move || produce(&mut TarPipe { tx }))
             .context("Starting the layer's inflate thread")?;
+        let hasher = std::thread::Builder::new()
+            .name("tar-hash".into())
+            .spawn_scoped(s, move || hash_chunks(hash_rx))
+            .context("Starting the layer's hashing thread")?;
         let mut reader = PipeReader {
             rx,
-            cur: Vec::new(),
+            cur: Arc::new(Vec::new()),
             pos: 0,
-            hash: Sha256::new(),
-            count: 0,
+            to_hash: hash_tx,
         };
         let imported = (|| {
             let mut writer = TreeWriter::new(repo, opts, IN_FLIGHT_MAX)?;
@@ -135,26 +158,21 @@ where
             io::copy(&mut reader, &mut io::sink()).context("Reading the end of the layer")?;
             writer.finish()
         })();
-        let PipeReader {
-            rx, hash, count, ..
-        } = reader;
-        // The producer stops at its next write.
+        let PipeReader { rx, to_hash, .. } = reader;
+        // The producer stops at its next write; the hasher ends with what it was sent.
         drop(rx);
+        drop(to_hash);
         let produced = producer
             .join()
             .map_err(|_| anyhow!("the layer producer panicked"))?;
+        let digest = hasher
+            .join()
+            .map_err(|_| anyhow!("the layer's hashing thread panicked"))?;
         match (produced, imported) {
             (Err(e), Err(ours)) if format!("{e:#}").contains(PIPE_CLOSED) => Err(ours),
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(e),
-            (Ok(v), Ok(tree)) => Ok((
-                tree,
-                TarDigest {
-                    digest: format!("sha256:{}", hex::encode(hash.finalize())),
-                    size: count,
-                },
-                v,
-            )),
+            (Ok(v), Ok(tree)) => Ok((tree, digest, v)),
         }
     })
 }
