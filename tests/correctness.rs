@@ -647,14 +647,7 @@ fn refusals_leave_the_host_as_it_was() {
 fn archive_pulls_leave_no_temporary_copies() {
     require_root();
     let sc = Syscont::new();
-    let layout = sc.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "arch:1",
-        &[tar_of(&[Entry::file("etc/hello", "hi\n")])],
-        Compression::Gzip,
-        &[],
-    );
+    let layout = sc.one_file_layout("arch:1", "etc/hello", "hi\n");
     let archive = sc.dir.path().join("arch.tar");
     let o = std::process::Command::new("skopeo")
         .arg("copy")
@@ -715,14 +708,7 @@ fn with_closed_stdout(sc: &Syscont, args: &[&str]) -> std::process::Output {
 fn a_closed_pipe_ends_output_quietly() {
     require_root();
     let sc = Syscont::new();
-    let layout = sc.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "piped:1",
-        &[tar_of(&[Entry::file("etc/hello", "hi\n")])],
-        Compression::Gzip,
-        &[],
-    );
+    let layout = sc.one_file_layout("piped:1", "etc/hello", "hi\n");
     sc.ok(&["pull", &format!("oci:{}:piped:1", layout.display())]);
     let host = sc.dir.path().join("host.toml");
     std::fs::write(

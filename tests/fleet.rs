@@ -32,24 +32,6 @@ const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 const SEMAPHORE: &str = "com.coreos.airlock/groups/etcd/v1/semaphore";
 
-/// Copies a dynamically linked program and the libraries it needs into a rootfs.
-fn copy_program(bin: &str, root: &Path) {
-    let dest = root
-        .join("usr/bin")
-        .join(Path::new(bin).file_name().unwrap());
-    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    std::fs::copy(bin, &dest).unwrap();
-    let ldd = Command::new("ldd").arg(bin).output().unwrap();
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let to = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(lib, &to).unwrap();
-    }
-}
-
 /// Builds `etcd:TAG`: busybox, Debian's etcd and etcdctl, atomic-system-containers' etcd
 /// templates (as the benchmark uses them), and `/etc/etcd-image` saying `TAG`. A `bad`
 /// image's entry point exits at once.

@@ -435,14 +435,7 @@ fn local_transports_and_short_names() {
     require_root();
     let reg = Registry::start();
     let sc = Syscont::new();
-    let layout = sc.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "1",
-        &[tar_of(&[Entry::file("f", "x")])],
-        Compression::Gzip,
-        &[],
-    );
+    let layout = sc.one_file_layout("1", "f", "x");
     // oci:
     sc.ok(&["pull", &format!("oci:{}:1", layout.display())]);
     assert!(
@@ -732,14 +725,7 @@ fn registry_faults_fail_without_partial_images() {
 fn repo_and_checkout_on_different_filesystems_are_refused() {
     require_root();
     let sc = Syscont::new();
-    let layout = sc.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "1",
-        &[tar_of(&[Entry::file("f", "x")])],
-        Compression::Gzip,
-        &[],
-    );
+    let layout = sc.one_file_layout("1", "f", "x");
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let repo = shm.path().join("repo");
     let out = sc
@@ -927,14 +913,7 @@ fn a_full_disk_is_a_clear_error_and_prune_reclaims() {
 fn mount_is_read_only_and_umount_cleans_up() {
     require_root();
     let sc = Syscont::new();
-    let layout = sc.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "1",
-        &[tar_of(&[Entry::file("etc/motd", "hello\n")])],
-        Compression::Gzip,
-        &[],
-    );
+    let layout = sc.one_file_layout("1", "etc/motd", "hello\n");
     sc.ok(&["pull", &format!("oci:{}:1", layout.display())]);
     let mnt = sc.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();

@@ -357,14 +357,7 @@ fn a_stalled_config_says_what_stalled() {
     require_root();
     let reg = Registry::start();
     let sc = Syscont::new();
-    let layout = sc.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "s:1",
-        &[tar_of(&[Entry::file("etc/x", "x")])],
-        Compression::Gzip,
-        &[],
-    );
+    let layout = sc.one_file_layout("s:1", "etc/x", "x");
     push(&layout, "s:1", &format!("{}/stall:1", reg.addr()), &[]);
     let proxy = FaultProxy::start(reg.addr(), Fault::StallConfig);
     let e = sc.fails(&[
@@ -494,14 +487,7 @@ fn no_silent_no_ops() {
 fn logs_fit_for_the_journal() {
     require_root();
     let sc = Syscont::new();
-    let layout = sc.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "l:1",
-        &[tar_of(&[Entry::file("etc/x", "x")])],
-        Compression::Gzip,
-        &[],
-    );
+    let layout = sc.one_file_layout("l:1", "etc/x", "x");
     let src = format!("oci:{}:l:1", layout.display());
     let quiet = sc.run(&["pull", &src]);
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("INFO"));

@@ -1283,24 +1283,6 @@ fn apply_converges_orders_and_plans() {
     w.ok(&["uninstall", "base"]);
 }
 
-/// Copies a dynamically linked program and the libraries it needs into a rootfs.
-fn copy_program(bin: &str, root: &Path) {
-    let dest = root
-        .join("usr/bin")
-        .join(Path::new(bin).file_name().unwrap());
-    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    std::fs::copy(bin, &dest).unwrap();
-    let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let d = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
-        std::fs::copy(lib, &d).unwrap();
-    }
-}
-
 /// The demo's etcd (Debian's etcd 3.4) and flannel-style images, built and pushed.
 fn etcd_and_flannel(work: &Path, reg: &Registry) {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images");

@@ -30,6 +30,24 @@ pub fn write(p: &Path, s: &str) {
     std::fs::write(p, s).unwrap();
 }
 
+/// Copies a dynamically linked program and the libraries it needs into a rootfs.
+pub fn copy_program(bin: &str, root: &Path) {
+    let dest = root
+        .join("usr/bin")
+        .join(Path::new(bin).file_name().unwrap());
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(bin, &dest).unwrap();
+    let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+}
+
 pub fn busybox_rootfs(root: &Path, run_sh: &str) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("usr/bin")).unwrap();

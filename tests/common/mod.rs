@@ -452,6 +452,19 @@ impl Syscont {
         Syscont { dir }
     }
 
+    /// An OCI layout at `DIR/layout` holding `tag`: one gzip layer with one file.
+    pub fn one_file_layout(&self, tag: &str, path: &str, content: &str) -> PathBuf {
+        let layout = self.dir.path().join("layout");
+        write_layout(
+            &layout,
+            tag,
+            &[tar_of(&[Entry::file(path, content)])],
+            Compression::Gzip,
+            &[],
+        );
+        layout
+    }
+
     pub fn repo(&self) -> PathBuf {
         self.dir.path().join("repo")
     }
