@@ -421,8 +421,7 @@ def main():
             w("| variant (untraced) | runs | wall time of the pull, median | min-max |")
             w("|---|---|---|---|")
             for r in wall:
-                w(f"| {r['variant']} | {r['runs']} | {secs(r['median'])} "
-                  f"| {secs(r['min'])}-{secs(r['max'])} |")
+                w(f"| {r['variant']} | {r['runs']} | {secs(r['median'])} | {span(r)} |")
             w("")
 
     # --- the service side ---------------------------------------------------------------
