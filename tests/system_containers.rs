@@ -181,6 +181,18 @@ fn install_run_update_rollback_uninstall() {
         config.contains(SECRET) && config.contains("8081"),
         "{config}"
     );
+    // The files that carry the values are the owner's alone: another local user reads
+    // no --set value from them, while systemd still reads the published unit.
+    for f in ["config.json", "info", &format!("{name}.service")] {
+        let p = format!("{CHECKOUT}/{name}.0/{f}");
+        let mode = w.tb.sh_ok(&format!("stat -c %a {p}"));
+        assert_eq!(mode.trim(), "600", "{p}");
+        let o = w.tb.sh(&format!("runuser -u nobody -- cat {p}"));
+        assert!(!o.status.success(), "nobody read {p}");
+    }
+    assert!(w
+        .systemctl(&format!("show -p LoadState {name}"))
+        .contains("LoadState=loaded"));
     // The tmpfiles snippet was applied.
     assert!(w.exists(&format!("/run/{name}")));
     // 6.1.7: installing again says so and succeeds.

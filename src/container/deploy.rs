@@ -243,7 +243,11 @@ impl Deployments {
         let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
         serde::Serialize::serialize(info, &mut ser)?;
         buf.push(b'\n');
-        fsutil::atomic_write(&self.slot_dir(name, slot).join("info"), &buf, 0o644)
+        fsutil::atomic_write(
+            &self.slot_dir(name, slot).join("info"),
+            &buf,
+            fsutil::ROOT_ONLY,
+        )
     }
 
     /// Points `NAME` at `NAME.slot` with an atomic rename.

@@ -82,7 +82,7 @@ fn run_in_deployment(host: &Host, name: &str, cmd: &[String]) -> Result<()> {
     fsutil::atomic_write(
         &bundle.0.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
-        0o644,
+        fsutil::ROOT_ONLY,
     )?;
     exit(runtime::run_bundle(&runtime, &bundle.0, &id)?)
 }
@@ -153,7 +153,7 @@ pub(crate) fn run_once(
         if host.scope.is_user() {
             text = crate::template::make_rootless(&text)?;
         }
-        fsutil::atomic_write(&dir.join("config.json"), text.as_bytes(), 0o644)?;
+        fsutil::atomic_write(&dir.join("config.json"), text.as_bytes(), fsutil::ROOT_ONLY)?;
         runtime::run_bundle(runtime, dir, &id)
     })();
     // Atomic's run-once removed what its tmpfiles made, too.

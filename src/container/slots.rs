@@ -90,7 +90,11 @@ pub(crate) fn build_slot(
     let dir = &tmp.0;
     place_rootfs(store, t, dir)?;
     let r = render_slot(host, store, t, dir, &final_dir)?;
-    fsutil::atomic_write(&dir.join("config.json"), r.config.as_bytes(), 0o644)?;
+    fsutil::atomic_write(
+        &dir.join("config.json"),
+        r.config.as_bytes(),
+        fsutil::ROOT_ONLY,
+    )?;
     let files = [
         (dir.join(unit_name(t.name)), &r.service),
         (slot_dropin(dir, t.name), &r.dropin),
@@ -98,12 +102,12 @@ pub(crate) fn build_slot(
     ];
     for (path, text) in files {
         if let Some(text) = text {
-            fsutil::atomic_write(&path, text.as_bytes(), 0o644)?;
+            fsutil::atomic_write(&path, text.as_bytes(), fsutil::ROOT_ONLY)?;
         }
     }
     let mut buf = serde_json::to_vec_pretty(&r.info)?;
     buf.push(b'\n');
-    fsutil::atomic_write(&dir.join("info"), &buf, 0o644)?;
+    fsutil::atomic_write(&dir.join("info"), &buf, fsutil::ROOT_ONLY)?;
     if final_dir.symlink_metadata().is_ok() {
         remove_tree(&final_dir)?;
     }

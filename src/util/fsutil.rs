@@ -32,6 +32,11 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("Syncing directory {}", dir.display()))
 }
 
+/// The mode of files that carry template values (a deployment's `info`, `config.json` and
+/// its own copies of the rendered unit and tmpfiles): a value may be a secret, so only the
+/// owner reads them. The units published for systemd stay 0644.
+pub(crate) const ROOT_ONLY: u32 = 0o600;
+
 /// Atomically replaces `path` with `data` and the given mode.
 pub(crate) fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let tmp = temp_sibling(path);
